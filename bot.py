@@ -1,0 +1,147 @@
+"""Entry point and composition root: arguments, config, build the bot, run until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from adapters.base import Adapter, adapter_class
+from core.config import Settings, load_config
+from core.errors import BotError, ConfigError
+from core.log import setup_logging
+
+EXIT_CONFIG = 2
+EXIT_START = 1
+STOP_SECONDS = 4.0
+
+
+class App:
+    """The running bot: storage, model, conversation manager and one adapter per platform section."""
+
+    def __init__(self, settings: Settings, console: bool = False) -> None:
+        self.settings = settings
+        self.console = console
+        self.adapters: dict[str, Adapter] = {}
+        self._closers: list[tuple[str, object]] = []
+
+    async def start(self) -> None:
+        """Open the database, build everything and start the adapters; raises BotError."""
+        from conversation.manager import ConversationManager
+        from conversation.presets import PresetBook
+        from llm.openai_compat import OpenAICompatible
+        from storage.store import SqlHistoryStore
+
+        settings = self.settings
+        self.store = await SqlHistoryStore.open(settings.database.url)
+        self._closers.append(("database", self.store.close))
+        self.model = OpenAICompatible(settings.openai)
+        self._closers.append(("model clients", self.model.close))
+        presets = PresetBook(settings.presets.scan_dir)
+        self.manager = ConversationManager(settings, self.store, self.model, presets)
+        self._closers.insert(0, ("conversations", self.manager.stop))
+        sections = [("console", None)] if self.console else settings.platforms()
+        counts: dict[str, int] = {}
+        for name, section in sections:
+            counts[name] = counts.get(name, 0) + 1
+            instance = name if counts[name] == 1 else f"{name}#{counts[name]}"
+            adapter = adapter_class(name)(instance, section, self.manager.handle)
+            self.adapters[instance] = adapter
+        self.manager.adapters = self.adapters
+        for adapter in self.adapters.values():
+            await adapter.start()
+
+    async def stop(self) -> None:
+        """Close listeners and links first, then abandon in-flight work, then close the database."""
+        await asyncio.gather(*(self._stop_adapter(a) for a in self.adapters.values()))
+        for what, close in self._closers:
+            try:
+                await asyncio.wait_for(close(), STOP_SECONDS / 2)  # type: ignore[operator]
+            except Exception:
+                logger.exception("closing the {} failed", what)
+
+    async def _stop_adapter(self, adapter: Adapter) -> None:
+        try:
+            await asyncio.wait_for(adapter.stop(), STOP_SECONDS / 2)
+        except Exception:
+            logger.exception("stopping adapter {} failed", adapter.instance)
+
+
+async def serve(settings: Settings, console: bool = False) -> int:
+    """Run the bot until SIGINT/SIGTERM (or end of input in console mode)."""
+    app = App(settings, console)
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    try:
+        await app.start()
+    except BotError as exc:
+        logger.error("start-up failed: {}", exc)
+        await app.stop()
+        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_START
+    logger.info("bot is running; press Ctrl+C to stop")
+    waiters = [asyncio.ensure_future(stop.wait())]
+    console_adapter = app.adapters.get("console")
+    if console_adapter is not None:
+        waiters.append(asyncio.ensure_future(console_adapter.closed.wait()))  # type: ignore[attr-defined]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    if console_adapter is not None and not stop.is_set():
+        # End of input: let the last typed message be answered before exiting.
+        await asyncio.wait_for(app.manager.drain(), settings.response.max_timeout + 5)
+    logger.info("stopping")
+    await app.stop()
+    logger.info("stopped")
+    return 0
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            # Windows: no loop signal handlers; a plain handler hands over to the loop.
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="ChatGPT QQ 机器人 / ChatGPT bot for QQ")
+    parser.add_argument("--config", default="config.toml", help="配置文件路径 (default: config.toml)")
+    parser.add_argument("--console", action="store_true", help="在终端里对话，用于检查模型设置 (chat in the terminal)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bot; returns the process exit code."""
+    args = parse_args(argv)
+    path = Path(args.config)
+    if not path.is_file():
+        print(
+            f"找不到配置文件 {path}：请先把 config.example.toml 复制为 config.toml 并填写。"
+            f" (config file {path} not found: copy config.example.toml to config.toml and edit it)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        settings = load_config(path)
+        if not args.console and not settings.platforms():
+            raise ConfigError("mirai", "没有启用任何聊天平台，请填写 [mirai] (no platform section is enabled)")
+    except ConfigError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log.level, settings.log.file, settings.log.rotation, settings.log.retention)
+    for warning in settings.warnings:
+        logger.warning(warning)
+    try:
+        return asyncio.run(serve(settings, console=args.console))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

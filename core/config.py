@@ -1,0 +1,353 @@
+"""Load config.toml with tomlkit and validate it into typed settings; errors name key and line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomlkit
+import tomlkit.exceptions
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from core.errors import ConfigError
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are kept so they can be warned about, never fatal."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+def _id_list(value: Any) -> Any:
+    """Accept one id or a list of ids (numbers or strings); give a tuple of strings."""
+    if value in (None, "", 0):
+        return ()
+    if isinstance(value, int | str):
+        return (str(value),)
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value)
+    return value
+
+
+class MiraiSettings(Section):
+    """`[mirai]`: mirai-api-http, reverse WS (bot listens) or forward WS + HTTP (bot connects)."""
+
+    enable: bool = True
+    qq: int
+    api_key: SecretStr
+    manager_qq: tuple[str, ...] = ()
+    reverse_ws_host: str = "0.0.0.0"
+    reverse_ws_port: Port | None = None
+    reverse_ws_token: str = ""
+    http_url: str = "http://localhost:8080"
+    ws_url: str = "http://localhost:8080"
+
+    @field_validator("manager_qq", mode="before")
+    @classmethod
+    def _manager_ids(cls, value: Any) -> Any:
+        return _id_list(value)
+
+
+class OpenAIAccount(Section):
+    """One `[[openai.accounts]]` entry."""
+
+    api_key: SecretStr
+    api_endpoint: str = ""
+    model: str = "gpt-4o-mini"
+    proxy: str = ""
+    name: str = ""
+
+
+class GptParams(Section):
+    """`[openai.gpt_params]`: sampling settings shared by every account."""
+
+    temperature: float = 0.5
+    max_tokens: int = Field(4000, ge=1)
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = Field(1000, ge=0)
+    stream: bool = True
+    timeout: float = Field(120.0, gt=0)
+
+
+class OpenAISettings(Section):
+    """`[openai]`: accounts used in turn, failing over from one to the next."""
+
+    api_endpoint: str = ""  # v2 kept the endpoint here; it is the default for every account
+    accounts: list[OpenAIAccount] = Field(default_factory=list)
+    gpt_params: GptParams = Field(default_factory=GptParams)
+    max_retries: int = Field(2, ge=0, le=10)
+
+
+class DatabaseSettings(Section):
+    """`[database]`."""
+
+    url: str = "sqlite+aiosqlite:///data/bot.sqlite3"
+
+
+class TriggerSettings(Section):
+    """`[trigger]`: when the bot answers, and the command words."""
+
+    prefix: list[str] = Field(default_factory=lambda: [""])
+    prefix_friend: list[str] = Field(default_factory=list)
+    prefix_group: list[str] = Field(default_factory=list)
+    require_mention: Literal["at", "mention", "none"] = "at"
+    reset_command: list[str] = Field(default_factory=lambda: ["重置会话"])
+    rollback_command: list[str] = Field(default_factory=lambda: ["回滚会话"])
+    ignore_regex: list[str] = Field(default_factory=list)
+
+
+class ResponseSettings(Section):
+    """`[response]`: how replies look and the texts users see."""
+
+    quote: bool = True
+    timeout: float = Field(30.0, gt=0)
+    timeout_format: str = "我还在思考中，请再等一下~"
+    max_timeout: float = Field(600.0, gt=0)
+    cancel_wait_too_long: str = "啊哦，这个问题有点难，让我想了好久也没想明白。试试换个问法？"
+    max_queue_size: int = Field(10, ge=0)
+    queue_full: str = "抱歉！我现在要回复的人有点多，暂时没有办法接收新的消息了，请过会儿再给我发吧！"
+    reset: str = "会话已重置。"
+    rollback_success: str = "已回滚至上一条对话，你刚刚发的我就忘记啦！"
+    rollback_fail: str = "回滚失败，没有更早的记录了！如果你想要重新开始，请发送：{reset}"
+    error_format: str = (
+        "出现故障！如果这个问题持续出现，请和我说“重置会话” 来开启一段新的会话，"
+        "或者发送 “回滚会话” 来回溯到上一条对话，你上一条说的我就当作没看见。\n原因：{exc}"
+    )
+
+
+class PresetSettings(Section):
+    """`[presets]`."""
+
+    scan_dir: str = "./presets"
+
+
+class ConversationSettings(Section):
+    """`[conversation]`: how history is scoped and how much of it the model sees."""
+
+    group_scope: Literal["member", "group"] = "member"
+    max_history_tokens: int = Field(3000, ge=0)
+    max_concurrency: int = Field(16, ge=1)
+
+
+class SystemSettings(Section):
+    """`[system]`."""
+
+    reply_temp: bool = False
+    accept_friend_request: bool = False
+    accept_group_invite: bool = False
+
+
+class LogSettings(Section):
+    """`[log]`."""
+
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    file: str = ""
+    rotation: str = "10 MB"
+    retention: int = Field(7, ge=1)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(Section):
+    """The whole validated config."""
+
+    mirai: list[MiraiSettings] = Field(default_factory=list)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    trigger: TriggerSettings = Field(default_factory=TriggerSettings)
+    response: ResponseSettings = Field(default_factory=ResponseSettings)
+    presets: PresetSettings = Field(default_factory=PresetSettings)
+    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
+    system: SystemSettings = Field(default_factory=SystemSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    path: Path = Path("config.toml")
+    warnings: list[str] = Field(default_factory=list)
+
+    def platforms(self) -> list[tuple[str, BaseModel]]:
+        """(adapter name, section) for every enabled platform section, in file order."""
+        found: list[tuple[str, BaseModel]] = []
+        for name in PLATFORM_SECTIONS:
+            for section in getattr(self, name):
+                if getattr(section, "enable", True):
+                    found.append((name, section))
+        return found
+
+
+PLATFORM_SECTIONS = ("mirai",)
+# chatgpt-mirai-qq-bot v2 spelled the sampling table this way; its files keep working.
+_ALIASES = {("openai", "gpt3_params"): "gpt_params"}
+
+_PROBLEMS = {
+    "missing": "缺少必填项 (required key is missing)",
+    "int_parsing": "应为整数 (must be an integer)",
+    "int_type": "应为整数 (must be an integer)",
+    "int_from_float": "应为整数 (must be an integer)",
+    "float_parsing": "应为数字 (must be a number)",
+    "float_type": "应为数字 (must be a number)",
+    "string_type": "应为字符串，请加引号 (must be a quoted string)",
+    "bool_type": "应为 true 或 false (must be true or false)",
+    "bool_parsing": "应为 true 或 false (must be true or false)",
+    "list_type": '应为列表，如 ["a", "b"] (must be a list)',
+    "dict_type": "应为表 (must be a table)",
+    "model_type": "应为表 (must be a table)",
+}
+
+
+def load_config(path: Path) -> Settings:
+    """Read and validate the config file.
+
+    Raises ConfigError naming the key (and its line) for anything wrong, FileNotFoundError when
+    the file does not exist.
+    """
+    raw_bytes = path.read_bytes()
+    text = _decode(raw_bytes, path)
+    try:
+        doc = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError("(TOML 语法 syntax)", str(exc).split(" at line")[0], exc.line) from None
+    return validate(doc, text, path)
+
+
+def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml")) -> Settings:
+    """Validate an already parsed document; `text` is used to find line numbers."""
+    doc, arrays = _normalise(doc)
+    try:
+        settings = Settings.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _display_loc(err["loc"], arrays)
+        problem = _PROBLEMS.get(err["type"], err["msg"])
+        if err["type"] not in _PROBLEMS and "input" in err and err["type"] != "missing":
+            problem = f"{err['msg']}"
+        raise ConfigError(_dotted(loc), problem, find_line(text, loc)) from None
+    settings.path = path
+    if not settings.openai.accounts:
+        raise ConfigError(
+            "openai.accounts",
+            "至少需要一个 [[openai.accounts]] 账号 (add at least one [[openai.accounts]] with api_key)",
+            find_line(text, ("openai",)),
+        )
+    for i, account in enumerate(settings.openai.accounts):
+        if not account.name:
+            account.name = f"account{i + 1}"
+        if not account.api_endpoint:
+            account.api_endpoint = settings.openai.api_endpoint or DEFAULT_ENDPOINT
+    for section in settings.mirai:
+        if section.qq <= 0:
+            loc = _display_loc(("mirai", settings.mirai.index(section), "qq"), arrays)
+            raise ConfigError(_dotted(loc), "请填写机器人的 QQ 号 (must be the bot's QQ number)", find_line(text, loc))
+    settings.warnings = [
+        f"未知配置项 unknown key {_dotted(loc)}" + (f" (line {line})" if (line := find_line(text, loc)) else "")
+        for loc in _unknown_keys(settings, (), arrays)
+    ]
+    return settings
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """Config files written on Windows may be UTF-8 with BOM or GBK; accept both."""
+    for encoding in ("utf-8-sig", "gbk"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise ConfigError(str(path), "文件编码无法识别，请另存为 UTF-8 (save the file as UTF-8)")
+
+
+def _normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Platform sections may be one table or an array of tables; make them lists."""
+    doc = dict(doc)
+    arrays: set[str] = set()
+    for name in PLATFORM_SECTIONS:
+        value = doc.get(name)
+        if isinstance(value, list):
+            arrays.add(name)
+        elif isinstance(value, dict):
+            doc[name] = [value]
+    for (section, old), new in _ALIASES.items():
+        table = doc.get(section)
+        if isinstance(table, dict) and old in table and new not in table:
+            table = dict(table)
+            table[new] = table.pop(old)
+            doc[section] = table
+    return doc, arrays
+
+
+def _display_loc(loc: tuple[Any, ...], arrays: set[str]) -> tuple[Any, ...]:
+    """Drop the list index pydantic adds for a platform section written as one table."""
+    if len(loc) >= 2 and loc[0] in PLATFORM_SECTIONS and loc[0] not in arrays and loc[1] == 0:
+        return (loc[0], *loc[2:])
+    return tuple(loc)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _unknown_keys(model: BaseModel, loc: tuple[Any, ...], arrays: set[str]) -> list[tuple[Any, ...]]:
+    found = [_display_loc((*loc, key), arrays) for key in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            found += _unknown_keys(value, (*loc, name), arrays)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found += _unknown_keys(item, (*loc, name, i), arrays)
+    return found
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_\-]+))\s*=""")
+
+
+def find_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the key at `loc` (or of its table when the key is absent)."""
+    if not text or not loc:
+        return None
+    *table_loc, key = loc
+    if isinstance(key, int):  # the element of an array of tables itself
+        table_loc, key = [*table_loc, key], None
+    want_table = ".".join(str(p) for p in table_loc if not isinstance(p, int))
+    want_index = next((p for p in reversed(table_loc) if isinstance(p, int)), None)
+    full = ".".join(str(p) for p in loc if not isinstance(p, int))
+    current, seen_index, table_line, own_header = "", -1, None, None
+    counts: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            current = header.group(2).replace(" ", "").replace('"', "")
+            if header.group(1) == "[[":
+                counts[current] = counts.get(current, -1) + 1
+                seen_index = counts[current]
+            else:
+                seen_index = -1
+            if current == want_table and (want_index is None or seen_index in (want_index, -1)):
+                table_line = number
+            if current == full and own_header is None:
+                own_header = number
+            continue
+        if current != want_table or (want_index is not None and seen_index not in (want_index, -1)):
+            continue
+        match = _KEY.match(line)
+        if key is not None and match and next(g for g in match.groups() if g) == str(key):
+            return number
+    if own_header is not None:
+        return own_header
+    if key is not None and not want_table:
+        return None
+    return table_line

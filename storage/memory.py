@@ -1,0 +1,104 @@
+"""In-memory history store with the same behaviour as the SQL one, for tests and as a seam."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from itertools import islice
+
+from core.errors import StorageError
+from core.tokens import estimate_tokens
+from storage.base import SessionState, StoredTurn, check_session_fields, fill_window, finish_window
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    turn: StoredTurn
+    hidden: bool = False
+
+
+class MemoryHistoryStore:
+    """HistoryStore in plain dicts and lists; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[_Row]] = {}
+        self._cleared_before: dict[str, int] = {}
+        self._sessions: dict[str, SessionState] = {}
+        self._last_id = 0  # ids are global and increasing, like the SQL table's
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str = "memory://") -> MemoryHistoryStore:
+        """A new empty store; `url` is ignored and only mirrors SqlHistoryStore.open."""
+        return cls()
+
+    async def close(self) -> None:
+        """Mark the store closed; calling it again does nothing."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("history store: memory store is closed")
+
+    def _visible_newest_first(self, session_key: str) -> Iterator[_Row]:
+        cleared = self._cleared_before.get(session_key, 0)
+        for row in reversed(self._rows.get(session_key, ())):
+            if row.id <= cleared:
+                return
+            if not row.hidden:
+                yield row
+
+    async def window(self, session_key: str, budget_tokens: int) -> list[StoredTurn]:
+        """The newest visible turns fitting `budget_tokens`, oldest first."""
+        self._check_open()
+        taken: list[StoredTurn] = []
+        if budget_tokens > 0:
+            fill_window((row.turn for row in self._visible_newest_first(session_key)), budget_tokens, taken)
+        return finish_window(taken)
+
+    async def append_exchange(
+        self, session_key: str, user_text: str, reply_text: str, *, now: float | None = None
+    ) -> None:
+        """Store the user turn then the reply."""
+        self._check_open()
+        at = time.time() if now is None else now
+        rows = self._rows.setdefault(session_key, [])
+        for role, text in (("user", user_text), ("assistant", reply_text)):
+            self._last_id += 1
+            rows.append(_Row(self._last_id, StoredTurn(role, text, estimate_tokens(text))))
+        self._touch(session_key, at)
+
+    async def reset(self, session_key: str) -> None:
+        """Start a new conversation without deleting anything."""
+        self._check_open()
+        rows = self._rows.get(session_key)
+        self._cleared_before[session_key] = rows[-1].id if rows else 0
+        self._touch(session_key, time.time())
+
+    async def rollback(self, session_key: str) -> bool:
+        """Hide the last visible user+assistant pair; False if there is none."""
+        self._check_open()
+        last_two = list(islice(self._visible_newest_first(session_key), 2))
+        if [row.turn.role for row in last_two] != ["assistant", "user"]:
+            return False
+        for row in last_two:
+            row.hidden = True
+        return True
+
+    async def get_session(self, session_key: str) -> SessionState:
+        """The session's settings, defaults when never seen."""
+        self._check_open()
+        return self._sessions.get(session_key) or SessionState(session_key)
+
+    async def update_session(self, session_key: str, **fields: str) -> None:
+        """Set preset / model / account. Raises TypeError for other names."""
+        check_session_fields(fields)
+        self._check_open()
+        state = self._sessions.get(session_key) or SessionState(session_key)
+        self._sessions[session_key] = replace(state, **fields, updated_at=time.time())
+
+    def _touch(self, session_key: str, at: float) -> None:
+        state = self._sessions.get(session_key) or SessionState(session_key)
+        self._sessions[session_key] = replace(state, updated_at=at)

@@ -1,0 +1,53 @@
+"""SQLAlchemy tables of the append-only conversation history."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Text, false
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only makes a rowid alias of a column typed exactly INTEGER; elsewhere ids need 64 bits.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the history tables."""
+
+
+class MessageRow(Base):
+    """One stored message; rows are never updated except `hidden`, never deleted by the bot."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Windows read one session newest-first; this index makes that a range scan of that
+        # session's tail whatever the table size.
+        Index("ix_messages_session_key_id", "session_key", "id"),
+        # AUTOINCREMENT: ids are never reused even if rows are pruned by hand, so `cleared_before`
+        # can never swallow new messages.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    session_key: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # "user" / "assistant" / "system"
+    content: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer)  # estimate_tokens at write time, never recomputed
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # rollback
+    created_at: Mapped[float] = mapped_column(Float)  # unix time
+
+
+class SessionRow(Base):
+    """Per-session state: where the current conversation starts and the chosen settings."""
+
+    __tablename__ = "sessions"
+
+    session_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Messages with id <= cleared_before belong to earlier conversations: reset without deleting.
+    cleared_before: Mapped[int] = mapped_column(Id, default=0, server_default="0")
+    preset: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    model: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    account: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
+messages = MessageRow.__table__
+sessions = SessionRow.__table__

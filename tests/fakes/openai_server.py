@@ -1,0 +1,230 @@
+"""A scriptable fake OpenAI-compatible chat completions server on 127.0.0.1 for tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+ReplyFn = Callable[[dict[str, Any]], str]
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One scripted answer: an HTTP error status, or `status == 0` for a hang."""
+
+    status: int
+    retry_after: float | None = None
+
+
+def _text_of(content: Any) -> str:
+    """Message content is a string or a list of parts (the multimodal form)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def echo_last_user(body: dict[str, Any]) -> str:
+    """The default reply: "echo: " + the last user message, so tests can see what reached the model."""
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return "echo: " + _text_of(message.get("content"))
+    return "echo: "
+
+
+class FakeOpenAI:
+    """`POST /v1/chat/completions`, JSON and SSE, with planned failures, hangs and latency.
+
+    Scripting: `fail_next(status, times, retry_after)` and `hang_next(times)` queue behaviours used
+    by the next requests in order; `fail_key(api_key, status)` makes one key always fail (checked
+    first, like a real server checks auth first); `latency` delays every answer; `reply_fn(body)`
+    computes the reply text. Every request is appended to `requests` unless `record` is false.
+    """
+
+    def __init__(
+        self, *, latency: float = 0.0, reply_fn: ReplyFn = echo_last_user, chunk_chars: int = 8
+    ) -> None:
+        self.latency = latency
+        self.reply_fn = reply_fn
+        self.chunk_chars = chunk_chars  # stream pieces of this many characters
+        self.chunk_delay = 0.0  # seconds between stream chunks; 0 sends them in one write
+        self.record = True  # benchmarks turn this off so memory stays flat
+        self.requests: list[dict[str, Any]] = []
+        self.key_failures: dict[str, int] = {}
+        self._plans: deque[_Plan] = deque()
+        self._stopping = asyncio.Event()
+        self._counter = 0
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # --- scripting -----------------------------------------------------------------------------
+
+    def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
+        """Answer the next `times` requests with `status` (and a Retry-After header when given)."""
+        self._plans.extend(_Plan(status, retry_after) for _ in range(times))
+
+    def hang_next(self, times: int = 1) -> None:
+        """Never answer the next `times` requests (until the client gives up or the server stops)."""
+        self._plans.extend(_Plan(0) for _ in range(times))
+
+    def fail_key(self, api_key: str, status: int = 401) -> None:
+        """Answer every request made with `api_key` with `status`."""
+        self.key_failures[api_key] = status
+
+    def authorizations(self) -> list[str]:
+        """The bearer token of each recorded request, in order."""
+        return [r["authorization"].removeprefix("Bearer ") for r in self.requests]
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Listen on 127.0.0.1 on a free port; return the base URL, e.g. `http://127.0.0.1:PORT/v1`."""
+        self._stopping.clear()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        # handler_cancellation: a hung handler ends when the client hangs up, so stop() is quick
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Release hung requests and close the listener."""
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- the endpoint --------------------------------------------------------------------------
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization", "")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "We could not parse the JSON body of your request.")
+        if self.record:
+            self.requests.append({"body": body, "authorization": authorization})
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
+            return _error(400, "'messages' and 'model' are required properties.")
+
+        key = authorization.removeprefix("Bearer ")
+        status = self.key_failures.get(key)
+        if status is not None:
+            # the real API echoes a masked key; the full key here lets tests prove it is never logged
+            return _error(status, f"Incorrect API key provided: {key}.")
+        if self._plans:
+            plan = self._plans.popleft()
+            if plan.status == 0:
+                await self._stopping.wait()
+                return _error(503, "The server is shutting down.")
+            return _error(plan.status, f"Planned failure {plan.status}.", plan.retry_after)
+
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        text = self.reply_fn(body)
+        self._counter += 1
+        ident = f"chatcmpl-fake{self._counter}"
+        if body.get("stream"):
+            return await self._stream(request, body, ident, text)
+        return web.Response(
+            body=json.dumps(_completion(ident, body["model"], text, body["messages"])).encode(),
+            content_type="application/json",
+        )
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], ident: str, text: str
+    ) -> web.StreamResponse:
+        model = body["model"]
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            data = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+        step = max(1, self.chunk_chars)
+        frames = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+        frames += [chunk({"content": text[i : i + step]}, None) for i in range(0, len(text), step)]
+        frames.append(chunk({}, "stop"))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            usage = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+            usage |= {"choices": [], "usage": _usage(body["messages"], text)}
+            frames.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        frames.append(b"data: [DONE]\n\n")
+
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if self.chunk_delay:
+            for frame in frames:
+                await response.write(frame)
+                await asyncio.sleep(self.chunk_delay)
+        else:
+            await response.write(b"".join(frames))
+        await response.write_eof()
+        return response
+
+
+def _usage(messages: list[Any], text: str) -> dict[str, int]:
+    # about four characters a token: good enough for a fake
+    prompt = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict)) // 4 + 1
+    completion = len(text) // 4 + 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _completion(ident: str, model: str, text: str, messages: list[Any]) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(messages, text),
+    }
+
+
+def _error(status: int, message: str, retry_after: float | None = None) -> web.Response:
+    kind, code = _ERROR_TYPES.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type="application/json", headers=headers
+    )

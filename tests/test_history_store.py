@@ -1,0 +1,398 @@
+"""Contract tests of the history store: SQLite and in-memory must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import bindparam, event, insert, text
+
+from core.errors import StorageError
+from core.tokens import estimate_tokens
+from storage.base import HistoryStore, SessionState, StoredTurn
+from storage.memory import MemoryHistoryStore
+from storage.models import messages
+from storage.store import SqlHistoryStore, _SessionUpsert
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest_asyncio.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HistoryStore]:
+    opened: HistoryStore
+    if request.param == "sqlite":
+        opened = await SqlHistoryStore.open(sqlite_url(tmp_path / "bot.sqlite3"))
+    else:
+        opened = MemoryHistoryStore()
+    yield opened
+    await opened.close()
+
+
+@pytest_asyncio.fixture
+async def sql_store(tmp_path: Path) -> AsyncIterator[SqlHistoryStore]:
+    opened = await SqlHistoryStore.open(sqlite_url(tmp_path / "bot.sqlite3"))
+    yield opened
+    await opened.close()
+
+
+def contents(turns: list[StoredTurn]) -> list[str]:
+    return [turn.content for turn in turns]
+
+
+async def add_exchanges(store: HistoryStore, session_key: str, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        await store.append_exchange(session_key, f"q{i}", f"r{i}")
+
+
+# --- contract: both implementations ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_both_stores_satisfy_the_protocol(store: HistoryStore) -> None:
+    assert isinstance(store, HistoryStore)
+
+
+@pytest.mark.asyncio
+async def test_window_is_oldest_first_and_fits_the_budget(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 3)
+    everything = await store.window("s", 10_000)
+    assert contents(everything) == ["q0", "r0", "q1", "r1", "q2", "r2"]
+    assert [turn.role for turn in everything] == ["user", "assistant"] * 3
+    assert all(turn.tokens == estimate_tokens(turn.content) for turn in everything)
+
+    per_turn = estimate_tokens("q0")
+    assert contents(await store.window("s", 4 * per_turn)) == ["q1", "r1", "q2", "r2"]
+    assert contents(await store.window("s", 4 * per_turn + per_turn - 1)) == ["q1", "r1", "q2", "r2"]
+
+
+@pytest.mark.asyncio
+async def test_window_drops_a_leading_assistant_turn(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 3)
+    # Three turns fit, the oldest of them being r1: a window never opens with a reply.
+    assert contents(await store.window("s", 3 * estimate_tokens("q0"))) == ["q2", "r2"]
+
+
+@pytest.mark.asyncio
+async def test_window_is_empty_when_the_newest_turn_alone_is_too_big(store: HistoryStore) -> None:
+    await store.append_exchange("s", "short", "a much longer reply " * 20)
+    assert await store.window("s", 10) == []
+    assert await store.window("s", 0) == []
+    assert await store.window("never-seen", 1000) == []
+
+
+@pytest.mark.asyncio
+async def test_window_spans_several_pages_and_skips_hidden_rows(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 100)  # 200 rows: more than three pages of 64
+    assert await store.rollback("s")
+    await store.append_exchange("s", "q-new", "r-new")
+    window = await store.window("s", 1_000_000)
+    expected = [f"{kind}{i}" for i in range(99) for kind in ("q", "r")] + ["q-new", "r-new"]
+    assert contents(window) == expected
+
+
+@pytest.mark.asyncio
+async def test_append_exchange_counts_cjk_tokens(store: HistoryStore) -> None:
+    await store.append_exchange("s", "你好世界", "hello world")
+    user, reply = await store.window("s", 1000)
+    assert (user.role, user.content, user.tokens) == ("user", "你好世界", 4 + 4)
+    assert (reply.role, reply.tokens) == ("assistant", estimate_tokens("hello world"))
+
+
+@pytest.mark.asyncio
+async def test_reset_hides_earlier_turns(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 2)
+    await store.reset("s")
+    assert await store.window("s", 1000) == []
+    await store.append_exchange("s", "after", "reset")
+    assert contents(await store.window("s", 1000)) == ["after", "reset"]
+    await store.reset("never-seen")  # resetting an empty session is harmless
+    assert await store.window("never-seen", 1000) == []
+
+
+@pytest.mark.asyncio
+async def test_rollback_pops_one_pair_then_reports_none_left(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 2)
+    assert await store.rollback("s") is True
+    assert contents(await store.window("s", 1000)) == ["q0", "r0"]
+    assert await store.rollback("s") is True
+    assert await store.window("s", 1000) == []
+    assert await store.rollback("s") is False
+    assert await store.rollback("never-seen") is False
+
+
+@pytest.mark.asyncio
+async def test_rollback_does_not_reach_behind_a_reset(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 1)
+    await store.reset("s")
+    assert await store.rollback("s") is False
+
+
+@pytest.mark.asyncio
+async def test_two_sessions_never_mix(store: HistoryStore) -> None:
+    for i in range(3):
+        await store.append_exchange("group:1:user:2", f"a{i}", f"ra{i}")
+        await store.append_exchange("private:3", f"b{i}", f"rb{i}")
+    assert contents(await store.window("group:1:user:2", 1000)) == ["a0", "ra0", "a1", "ra1", "a2", "ra2"]
+    await store.reset("group:1:user:2")
+    assert await store.rollback("private:3")
+    assert await store.window("group:1:user:2", 1000) == []
+    assert contents(await store.window("private:3", 1000)) == ["b0", "rb0", "b1", "rb1"]
+    await store.update_session("private:3", preset="cat")
+    assert (await store.get_session("group:1:user:2")).preset == ""
+
+
+@pytest.mark.asyncio
+async def test_session_state_update_and_get(store: HistoryStore) -> None:
+    assert await store.get_session("s") == SessionState("s")
+    await store.update_session("s", preset="猫娘", model="deepseek-chat")
+    await store.update_session("s", account="backup")
+    state = await store.get_session("s")
+    assert (state.preset, state.model, state.account) == ("猫娘", "deepseek-chat", "backup")
+    assert state.updated_at > 0
+    await store.append_exchange("s", "q", "r", now=1234.5)
+    state = await store.get_session("s")
+    assert state.updated_at == 1234.5 and state.preset == "猫娘"  # a message keeps the settings
+    with pytest.raises(TypeError):
+        await store.update_session("s", temperature="2")
+
+
+@pytest.mark.asyncio
+async def test_closed_store_raises_storage_error(store: HistoryStore) -> None:
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StorageError):
+        await store.window("s", 1000)
+    with pytest.raises(StorageError):
+        await store.append_exchange("s", "q", "r")
+
+
+@pytest.mark.asyncio
+async def test_concurrent_sessions_do_not_collide(store: HistoryStore) -> None:
+    async def chat(session_key: str) -> None:
+        for i in range(10):
+            await store.append_exchange(session_key, f"{session_key}-q{i}", f"{session_key}-r{i}")
+            if i % 3 == 0:
+                assert await store.rollback(session_key)
+            await store.window(session_key, 500)
+
+    await asyncio.gather(*(chat(f"s{n}") for n in range(8)))
+    for n in range(8):
+        window = await store.window(f"s{n}", 100_000)
+        assert len(window) == 2 * (10 - 4)
+        assert all(turn.content.startswith(f"s{n}-") for turn in window)
+
+
+# --- SQLite only ------------------------------------------------------------------------------
+
+
+async def scalar(store: SqlHistoryStore, sql: str) -> Any:
+    async with store.engine.connect() as conn:
+        return (await conn.execute(text(sql))).scalar_one()
+
+
+@pytest.mark.asyncio
+async def test_reset_and_rollback_keep_every_row_in_the_database(sql_store: SqlHistoryStore) -> None:
+    await add_exchanges(sql_store, "s", 3)
+    assert await sql_store.rollback("s")
+    await sql_store.reset("s")
+    assert await sql_store.window("s", 1000) == []
+    assert await scalar(sql_store, "SELECT count(*) FROM messages") == 6
+    assert await scalar(sql_store, "SELECT count(*) FROM messages WHERE hidden") == 2
+    assert await scalar(sql_store, "SELECT cleared_before FROM sessions WHERE session_key = 's'") == 6
+
+
+@pytest.mark.asyncio
+async def test_reopening_the_file_keeps_history(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "data" / "bot.sqlite3")  # the missing folder is created
+    first = await SqlHistoryStore.open(url)
+    await add_exchanges(first, "s", 3)
+    assert await first.rollback("s")
+    await first.update_session("s", preset="cat")
+    await first.append_exchange("t", "old", "gone")
+    await first.reset("t")
+    await first.close()
+
+    second = await SqlHistoryStore.open(url)
+    try:
+        assert contents(await second.window("s", 1000)) == ["q0", "r0", "q1", "r1"]
+        assert (await second.get_session("s")).preset == "cat"
+        assert await second.window("t", 1000) == []
+        await second.append_exchange("s", "q-after-restart", "r-after-restart")
+        assert contents(await second.window("s", 1000))[-2:] == ["q-after-restart", "r-after-restart"]
+    finally:
+        await second.close()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_runs_in_wal_mode_with_the_chosen_pragmas(sql_store: SqlHistoryStore) -> None:
+    assert await scalar(sql_store, "PRAGMA journal_mode") == "wal"
+    assert await scalar(sql_store, "PRAGMA synchronous") == 1  # NORMAL
+    assert await scalar(sql_store, "PRAGMA busy_timeout") == 5000
+    assert await scalar(sql_store, "PRAGMA foreign_keys") == 1
+
+
+async def bulk_insert(store: SqlHistoryStore, session_key: str, count: int) -> None:
+    rows = [
+        {
+            "session_key": session_key,
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"message {i}",
+            "tokens": 10,
+            "hidden": False,
+            "created_at": 0.0,
+        }
+        for i in range(count)
+    ]
+    async with store.engine.begin() as conn:
+        await conn.execute(insert(messages), rows)
+
+
+async def vm_steps_of_window(store: SqlHistoryStore, session_key: str, budget: int) -> int:
+    """SQLite VM instructions run by one window() call: the real cost, independent of timing."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # 0 = keep running
+
+    # The SQLite pool holds one connection, so window() reuses the one the handler is set on.
+    async with store.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.set_progress_handler(count, 10)
+    await store.window(session_key, budget)
+    async with store.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.set_progress_handler(None, 10)
+    return steps
+
+
+@pytest.mark.asyncio
+async def test_window_cost_does_not_grow_with_stored_history(sql_store: SqlHistoryStore) -> None:
+    await bulk_insert(sql_store, "small", 20)
+    small_steps = await vm_steps_of_window(sql_store, "small", 200)
+    await bulk_insert(sql_store, "big", 5000)
+    for other in range(4):
+        await bulk_insert(sql_store, f"other{other}", 5000)
+
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(sql_store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        window = await sql_store.window("big", 200)
+    finally:
+        event.remove(sql_store.engine.sync_engine, "before_cursor_execute", record)
+    assert contents(window) == [f"message {i}" for i in range(4980, 5000)]
+    assert len(statements) == 1  # 20 turns of 10 tokens: one LIMIT 64 page is enough
+    statement, parameters = statements[0]
+    assert "LIMIT" in statement
+
+    async with sql_store.engine.connect() as conn:
+        plan = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
+    details = " | ".join(row[-1] for row in plan)
+    assert "SEARCH messages USING INDEX ix_messages_session_key_id (session_key=? AND id>?)" in details
+    assert "SCAN messages" not in details and "TEMP B-TREE" not in details  # no table scan, no sort
+
+    # 25,000 stored rows (5,000 in this session) cost about what 20 rows do.
+    big_steps = await vm_steps_of_window(sql_store, "big", 200)
+    assert small_steps > 0
+    assert big_steps < small_steps * 3, (small_steps, big_steps)
+
+
+@pytest.mark.asyncio
+async def test_session_upsert_without_on_conflict_updates_then_inserts(sql_store: SqlHistoryStore) -> None:
+    # Dialects without ON CONFLICT (MySQL, ...) take the UPDATE-then-INSERT path; run it on SQLite.
+    values = {"session_key": bindparam("key"), "preset": bindparam("preset"), "updated_at": bindparam("now")}
+    upsert = _SessionUpsert("generic", values)
+    assert upsert.native is None
+    async with sql_store.engine.begin() as conn:
+        await upsert.run(conn, {"key": "s", "preset": "a", "now": 1.0})
+        await upsert.run(conn, {"key": "s", "preset": "b", "now": 2.0})
+    assert await sql_store.get_session("s") == SessionState("s", preset="b", updated_at=2.0)
+
+
+@pytest.mark.asyncio
+async def test_a_database_failure_becomes_storage_error(sql_store: SqlHistoryStore) -> None:
+    async with sql_store.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE messages"))
+    with pytest.raises(StorageError, match="reading the window"):
+        await sql_store.window("s", 1000)
+    with pytest.raises(StorageError, match="saving an exchange"):
+        await sql_store.append_exchange("s", "q", "r")
+
+
+@pytest.mark.asyncio
+async def test_sqlite_path_inside_a_file_raises_storage_error(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("x")
+    with pytest.raises(StorageError, match="cannot create the folder"):
+        await SqlHistoryStore.open(sqlite_url(not_a_folder / "bot.sqlite3"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "url",
+    [
+        "definitely not a url",
+        "sqlite:///sync-driver.sqlite3",  # a sync driver cannot serve an async engine
+        "postgresql+nosuchdriver://bot:hunter2@localhost/bot",
+        "nosuchdb+aiothing://bot:hunter2@localhost/bot",
+    ],
+)
+async def test_unusable_url_raises_storage_error_without_the_password(url: str) -> None:
+    with pytest.raises(StorageError) as raised:
+        await SqlHistoryStore.open(url)
+    message = str(raised.value)
+    assert "hunter2" not in message and "\n" not in message
+
+
+@pytest.mark.asyncio
+async def test_unopenable_sqlite_file_raises_storage_error(tmp_path: Path) -> None:
+    folder_named_like_the_db = tmp_path / "bot.sqlite3"
+    folder_named_like_the_db.mkdir()
+    with pytest.raises(StorageError, match="cannot open"):
+        await SqlHistoryStore.open(sqlite_url(folder_named_like_the_db))
+
+
+# --- estimate_tokens --------------------------------------------------------------------------
+
+
+def test_estimate_tokens_empty_is_zero() -> None:
+    assert estimate_tokens("") == 0
+
+
+def test_estimate_tokens_ascii_is_about_four_chars_per_token() -> None:
+    assert estimate_tokens("a") == 1 + 4
+    assert estimate_tokens("x" * 400) == 100 + 4
+    assert estimate_tokens("x" * 401) == 101 + 4
+
+
+def test_estimate_tokens_counts_cjk_kana_hangul_and_fullwidth_one_each() -> None:
+    assert estimate_tokens("你好世界") == 4 + 4
+    assert estimate_tokens("こんにちはカタカナ") == 9 + 4
+    assert estimate_tokens("안녕하세요") == 5 + 4
+    assert estimate_tokens("，。！？") == 4 + 4
+    assert estimate_tokens(",.!?") == 1 + 4
+    assert estimate_tokens("你好, world") == 2 + 2 + 4  # 2 wide + 7 other chars (rounded up)
+    assert estimate_tokens("é" * 8) == 2 + 4  # accented Latin is not wide
+    assert estimate_tokens("中" * 100) > estimate_tokens("a" * 100) * 3
+
+
+def test_estimate_tokens_is_fast_on_long_mixed_text() -> None:
+    text_2000 = ("你好，世界！Hello world, this is a test. こんにちは 안녕하세요 " * 100)[:2000]
+    rounds = 200
+    started = time.perf_counter()
+    for _ in range(rounds):
+        estimate_tokens(text_2000)
+    per_call = (time.perf_counter() - started) / rounds
+    assert per_call < 500e-6  # ~25 µs measured; generous so slow CI machines do not flake

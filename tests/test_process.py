@@ -1,0 +1,72 @@
+"""The bot as a process: console chat, start-up time, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BOT_QQ, VERIFY_KEY
+from tests.fakes.mirai_peer import FakeMirai, friend_message, sent_text
+from tests.fakes.openai_server import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def spawn_bot(config: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bot.py"),
+        "--config",
+        str(config),
+        *args,
+        cwd=config.parent,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_console_chats_through_the_same_pipeline(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
+    process = await spawn_bot(write_config(), "--console")
+    stdout, stderr = await asyncio.wait_for(process.communicate("你好\n重置会话\nexit\n".encode()), 30)
+    assert process.returncode == 0, stderr.decode()
+    out = stdout.decode()
+    assert "echo: 你好" in out and "会话已重置。" in out
+    assert fake_llm.requests[0]["body"]["messages"][-1] == {"role": "user", "content": "你好"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_sigterm_stops_within_five_seconds_and_keeps_history(
+    write_config: Callable[..., Path], fake_llm: FakeOpenAI
+) -> None:
+    config = write_config()
+    port = int(next(line for line in config.read_text().splitlines() if "reverse_ws_port" in line).split("=")[1])
+    process = await spawn_bot(config)
+    mirai = FakeMirai(f"ws://127.0.0.1:{port}/", VERIFY_KEY, BOT_QQ)
+    try:
+        await mirai.connect(timeout=15)
+        await mirai.push(friend_message(20001, "你好", 1))
+        [command] = await mirai.wait_commands(1)
+        assert sent_text(command) == "echo: 你好"
+        fake_llm.latency = 60  # a request is in flight when the signal comes
+        await mirai.push(friend_message(20001, "慢问题", 2))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+        assert time.monotonic() - started < 5
+        assert process.returncode == 0
+    finally:
+        await mirai.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stderr = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    assert "stopped" in stderr and "Traceback" not in stderr
+    assert (config.parent / "data" / "bot.sqlite3").stat().st_size > 0

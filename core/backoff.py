@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+# One generator for every schedule: seeding a new Random per request costs more than the request's
+# own bookkeeping, and jitter needs no independent streams.
+_SHARED_RNG = random.Random()
+
 
 @dataclass(slots=True)
 class Backoff:
@@ -18,7 +22,7 @@ class Backoff:
     max_delay: float = 30.0
     factor: float = 2.0
     jitter: float = 0.1
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default=_SHARED_RNG)
     attempts: int = 0
 
     def next_delay(self) -> float:

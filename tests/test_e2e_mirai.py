@@ -341,3 +341,85 @@ async def test_thirty_users_three_messages_each_concurrently(bot: RunningBot, fa
         turns = user_turns(request)
         owner = turns[-1][1].split("-")[0]
         assert all(content.split("-")[0].removeprefix("echo: ") == owner for _, content in turns)
+
+
+async def test_slow_model_for_one_user_never_blocks_another(bot: RunningBot, fake_llm: FakeOpenAI) -> None:
+    fake_llm.hang_next(1)
+    await bot.mirai.push(friend_message(20001, "卡住的问题", 1))
+    await asyncio.sleep(0.2)
+    await bot.mirai.push(friend_message(20002, "别人的问题", 2))
+    [command] = await bot.mirai.wait_commands(1, timeout=3)
+    assert command["content"]["target"] == 20002 and sent_text(command) == "echo: 别人的问题"
+
+
+async def test_still_thinking_notice_then_the_answer(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
+    app = await start_bot(write_config({"response": {"timeout": 0.3, "max_timeout": 5}}))
+    mirai = FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ)
+    try:
+        await mirai.connect()
+        fake_llm.latency = 0.8
+        await mirai.push(group_message(30001, 20001, "难题", 1, at=BOT_QQ))
+        notice, answer = await mirai.wait_commands(2)
+        assert sent_text(notice) == "我还在思考中，请再等一下~" and notice["content"]["quote"] == 1
+        assert sent_text(answer) == "echo: 难题"
+    finally:
+        await mirai.close()
+        await app.stop()
+
+
+async def test_max_timeout_gives_up_and_keeps_history(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
+    config = write_config({"response": {"timeout": 0.2, "max_timeout": 0.5}, "openai": {"gpt_params": {"timeout": 30}}})
+    app = await start_bot(config)
+    mirai = FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ)
+    try:
+        await mirai.connect()
+        fake_llm.hang_next(1)
+        await mirai.push(friend_message(20001, "永远等不到", 1))
+        notice, gave_up = await mirai.wait_commands(2)
+        assert sent_text(notice) == "我还在思考中，请再等一下~"
+        assert sent_text(gave_up).startswith("啊哦，这个问题有点难")
+        await mirai.push(friend_message(20001, "下一个", 2))
+        await mirai.wait_commands(3)
+        assert user_turns(fake_llm.requests[-1]) == [("user", "下一个")]
+    finally:
+        await mirai.close()
+        await app.stop()
+
+
+async def test_long_reply_is_split_into_parts(bot: RunningBot, fake_llm: FakeOpenAI) -> None:
+    paragraphs = [f"第{i}段" + "字" * 995 for i in range(6)]
+    fake_llm.reply_fn = lambda body: "\n\n".join(paragraphs)
+    await bot.mirai.push(group_message(30001, 20001, "写长文", 1, at=BOT_QQ))
+    await asyncio.sleep(0.5)
+    parts = [sent_text(c) for c in await bot.mirai.wait_commands(2)]
+    assert all(len(p) <= 4500 for p in parts)
+    assert "\n\n".join(parts) == "\n\n".join(paragraphs)
+    assert "quote" in bot.mirai.commands[0]["content"] and "quote" not in bot.mirai.commands[1]["content"]
+
+
+async def test_friend_request_accepted_only_when_configured(
+    write_config: Callable[..., Path], fake_llm: FakeOpenAI
+) -> None:
+    request = {
+        "type": "NewFriendRequestEvent",
+        "eventId": 7,
+        "fromId": 20009,
+        "groupId": 0,
+        "nick": "n",
+        "message": "hi",
+    }
+    invite = {"type": "BotInvitedJoinGroupRequestEvent", "eventId": 8, "fromId": 20009, "groupId": 30009}
+    app = await start_bot(write_config({"system": {"accept_friend_request": True}}))
+    mirai = FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ)
+    try:
+        await mirai.connect()
+        await mirai.push(invite)  # accept_group_invite is false: left for the owner
+        await mirai.push(request)
+        [command] = await mirai.wait_commands(1)
+        await asyncio.sleep(0.2)
+        assert len(mirai.commands) == 1
+        assert command["command"] == "resp_newFriendRequestEvent"
+        assert command["content"] == {"eventId": 7, "fromId": 20009, "groupId": 0, "operate": 0, "message": ""}
+    finally:
+        await mirai.close()
+        await app.stop()

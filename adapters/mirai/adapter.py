@@ -73,6 +73,7 @@ class MiraiAdapter(Adapter):
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._sync_ids = itertools.count(2)
         self._runner: web.AppRunner | None = None
+        self._stopping = False
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -112,6 +113,7 @@ class MiraiAdapter(Adapter):
 
     async def stop(self) -> None:
         """Close the socket and the listener."""
+        self._stopping = True
         self._link_down()
         if self._ws is not None:
             await self._ws.close()
@@ -145,7 +147,8 @@ class MiraiAdapter(Adapter):
                 self._ws = None
                 self._link_down()
                 self._fail_pending()
-                self.log.warning("mirai-api-http disconnected; waiting for it to reconnect")
+                if not self._stopping:
+                    self.log.warning("mirai-api-http disconnected; waiting for it to reconnect")
         return ws
 
     async def _send_verify(self, ws: web.WebSocketResponse) -> None:

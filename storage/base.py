@@ -63,7 +63,7 @@ class HistoryStore(Protocol):
         """The session's settings (defaults when never seen). Raises StorageError."""
         ...
 
-    async def update_session(self, session_key: str, **fields: str) -> None:
+    async def update_session(self, session_key: str, /, **fields: str) -> None:
         """Set preset / model / account. Raises TypeError for other names, StorageError on failure."""
         ...
 

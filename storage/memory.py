@@ -92,7 +92,7 @@ class MemoryHistoryStore:
         self._check_open()
         return self._sessions.get(session_key) or SessionState(session_key)
 
-    async def update_session(self, session_key: str, **fields: str) -> None:
+    async def update_session(self, session_key: str, /, **fields: str) -> None:
         """Set preset / model / account. Raises TypeError for other names."""
         check_session_fields(fields)
         self._check_open()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Text, false
+from typing import cast
+
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Table, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only makes a rowid alias of a column typed exactly INTEGER; elsewhere ids need 64 bits.
@@ -31,23 +33,28 @@ class MessageRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # "user" / "assistant" / "system"
     content: Mapped[str] = mapped_column(Text)
     tokens: Mapped[int] = mapped_column(Integer)  # estimate_tokens at write time, never recomputed
-    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # rollback
+    hidden: Mapped[bool] = mapped_column(Boolean, server_default=false())  # set by rollback
     created_at: Mapped[float] = mapped_column(Float)  # unix time
 
 
 class SessionRow(Base):
-    """Per-session state: where the current conversation starts and the chosen settings."""
+    """Per-session state: where the current conversation starts and the chosen settings.
+
+    Defaults live in the database (server_default) so that an INSERT naming only some columns
+    is complete whichever way it is executed.
+    """
 
     __tablename__ = "sessions"
 
     session_key: Mapped[str] = mapped_column(String(255), primary_key=True)
     # Messages with id <= cleared_before belong to earlier conversations: reset without deleting.
-    cleared_before: Mapped[int] = mapped_column(Id, default=0, server_default="0")
-    preset: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    model: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    account: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    updated_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    cleared_before: Mapped[int] = mapped_column(Id, server_default="0")
+    preset: Mapped[str] = mapped_column(String(255), server_default="")
+    model: Mapped[str] = mapped_column(String(255), server_default="")
+    account: Mapped[str] = mapped_column(String(255), server_default="")
+    updated_at: Mapped[float] = mapped_column(Float, server_default="0")
 
 
-messages = MessageRow.__table__
-sessions = SessionRow.__table__
+# Core handles for the store's statements (typed as Table: `__table__` is declared as FromClause).
+messages = cast(Table, MessageRow.__table__)
+sessions = cast(Table, SessionRow.__table__)

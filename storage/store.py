@@ -167,9 +167,7 @@ class _AiosqliteTx:
         self._driver = driver  # aiosqlite.Connection
 
     async def fetch(self, statement: _Statement, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
-        rows: Sequence[Sequence[Any]] = await self._driver.execute_fetchall(
-            statement.sql, statement.args(params)
-        )
+        rows: Sequence[Sequence[Any]] = await self._driver.execute_fetchall(statement.sql, statement.args(params))
         return rows
 
     async def execute(self, statement: _Statement, params: dict[str, Any]) -> int:
@@ -190,9 +188,7 @@ class _SessionUpsert:
         changed = [name for name in values if name != "session_key"]
         self.native: _Statement | None = None
         if dialect.name in ("sqlite", "postgresql"):
-            dialect_insert: Callable[[Table], Any] = (
-                sqlite.insert if dialect.name == "sqlite" else postgresql.insert
-            )
+            dialect_insert: Callable[[Table], Any] = sqlite.insert if dialect.name == "sqlite" else postgresql.insert
             stmt = dialect_insert(sessions).values(values)
             upsert = stmt.on_conflict_do_update(
                 index_elements=[sessions.c.session_key],
@@ -237,16 +233,10 @@ class SqlHistoryStore:
         visible = (m.session_key == key, m.id > cleared, m.hidden == false())
         newest = select(m.id, m.role, m.content, m.tokens).order_by(m.id.desc())
         self._first_page = _Statement(newest.where(*visible).limit(WINDOW_PAGE), compile_for)
-        self._next_page = _Statement(
-            newest.where(*visible, m.id < bindparam("before")).limit(WINDOW_PAGE), compile_for
-        )
-        self._last_two = _Statement(
-            select(m.id, m.role).where(*visible).order_by(m.id.desc()).limit(2), compile_for
-        )
+        self._next_page = _Statement(newest.where(*visible, m.id < bindparam("before")).limit(WINDOW_PAGE), compile_for)
+        self._last_two = _Statement(select(m.id, m.role).where(*visible).order_by(m.id.desc()).limit(2), compile_for)
         pair: tuple[BindParameter[int], ...] = (bindparam("user_id"), bindparam("reply_id"))
-        self._hide_pair = _Statement(
-            update(messages).where(m.id.in_(pair)).values(hidden=true()), compile_for
-        )
+        self._hide_pair = _Statement(update(messages).where(m.id.in_(pair)).values(hidden=true()), compile_for)
         columns = ("session_key", "role", "content", "tokens", "hidden", "created_at")
         self._insert_message = _Statement(
             insert(messages).values({name: bindparam(name) for name in columns}), compile_for
@@ -290,8 +280,7 @@ class SqlHistoryStore:
                     Path(database).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:  # typically a part of the path is a file
                     raise StorageError(
-                        f"history store: cannot create the folder of {shown}: "
-                        f"{exc.strerror or exc}: {exc.filename}"
+                        f"history store: cannot create the folder of {shown}: {exc.strerror or exc}: {exc.filename}"
                     ) from exc
         try:
             # hide_parameters: logged SQL errors must not carry users' messages.

@@ -316,9 +316,7 @@ async def test_window_cost_does_not_grow_with_stored_history(sql_store: SqlHisto
     assert "LIMIT" in statements[0]
 
     page = sql_store._first_page
-    plan = await sql_store._driver.execute_fetchall(
-        "EXPLAIN QUERY PLAN " + page.sql, page.args({"key": "big"})
-    )
+    plan = await sql_store._driver.execute_fetchall("EXPLAIN QUERY PLAN " + page.sql, page.args({"key": "big"}))
     details = " | ".join(row[-1] for row in plan)
     assert "SEARCH messages USING INDEX ix_messages_session_key_id (session_key=? AND id>?)" in details
     assert "SCAN messages" not in details and "TEMP B-TREE" not in details  # no table scan, no sort

@@ -36,9 +36,7 @@ def make_settings(
     **gpt_params: Any,
 ) -> OpenAISettings:
     """Settings with one account per key, named acc1, acc2, ..., all on `base_url`."""
-    entries = accounts or [
-        {"api_key": key, "name": f"acc{i + 1}", "model": "m1"} for i, key in enumerate(keys)
-    ]
+    entries = accounts or [{"api_key": key, "name": f"acc{i + 1}", "model": "m1"} for i, key in enumerate(keys)]
     settings = OpenAISettings.model_validate(
         {
             "accounts": entries,
@@ -240,9 +238,7 @@ async def test_all_accounts_disabled_raises_auth(fake: FakeOpenAI, backend: Fact
 
 
 @pytest.mark.asyncio
-async def test_all_accounts_500_raise_server(
-    fake: FakeOpenAI, backend: Factory, log_lines: list[str]
-) -> None:
+async def test_all_accounts_500_raise_server(fake: FakeOpenAI, backend: Factory, log_lines: list[str]) -> None:
     fake.fail_next(500, times=100)
     with pytest.raises(AllAccountsFailed) as caught:
         await backend(("k1", "k2")).complete(HELLO)

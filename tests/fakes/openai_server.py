@@ -57,9 +57,7 @@ class FakeOpenAI:
     computes the reply text. Every request is appended to `requests` unless `record` is false.
     """
 
-    def __init__(
-        self, *, latency: float = 0.0, reply_fn: ReplyFn = echo_last_user, chunk_chars: int = 8
-    ) -> None:
+    def __init__(self, *, latency: float = 0.0, reply_fn: ReplyFn = echo_last_user, chunk_chars: int = 8) -> None:
         self.latency = latency
         self.reply_fn = reply_fn
         self.chunk_chars = chunk_chars  # stream pieces of this many characters
@@ -151,9 +149,7 @@ class FakeOpenAI:
             content_type="application/json",
         )
 
-    async def _stream(
-        self, request: web.Request, body: dict[str, Any], ident: str, text: str
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, body: dict[str, Any], ident: str, text: str) -> web.StreamResponse:
         model = body["model"]
         created = int(time.time())
 
@@ -220,9 +216,7 @@ def _completion(ident: str, model: str, text: str, messages: list[Any]) -> dict[
 
 
 def _error(status: int, message: str, retry_after: float | None = None) -> web.Response:
-    kind, code = _ERROR_TYPES.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None)
-    )
+    kind, code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
     return web.Response(

@@ -61,6 +61,24 @@ class OpenAIAccount(Section):
     proxy: str = ""
     name: str = ""
 
+    @field_validator("api_key")
+    @classmethod
+    def _printable_ascii(cls, value: SecretStr) -> SecretStr:
+        # An HTTP header cannot carry other characters; a full-width or Chinese character here is
+        # always a copy-paste mistake or the example's placeholder.
+        if not all(32 < ord(ch) < 127 for ch in value.get_secret_value()):
+            raise ValueError(
+                "API Key 只能包含英文字母、数字和符号，请填写真实的 key (only ASCII letters, digits, symbols)"
+            )
+        return value
+
+    @field_validator("api_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("接口地址应以 http:// 或 https:// 开头 (must start with http:// or https://)")
+        return value.rstrip("/")
+
 
 class GptParams(Section):
     """`[openai.gpt_params]`: sampling settings shared by every account."""
@@ -225,9 +243,7 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = _display_loc(err["loc"], arrays)
-        problem = _PROBLEMS.get(err["type"], err["msg"])
-        if err["type"] not in _PROBLEMS and "input" in err and err["type"] != "missing":
-            problem = f"{err['msg']}"
+        problem = _PROBLEMS.get(err["type"], err["msg"].removeprefix("Value error, "))
         raise ConfigError(_dotted(loc), problem, find_line(text, loc)) from None
     settings.path = path
     if not settings.openai.accounts:

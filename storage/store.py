@@ -295,6 +295,7 @@ class SqlHistoryStore:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)
+            logger.info("history store: {}", shown)
             if driver_fast_path and engine.dialect.driver == "aiosqlite":
                 held = await engine.connect()
                 raw = await held.get_raw_connection()

@@ -163,3 +163,14 @@ def test_bad_value_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "mirai.reverse_ws_port" in line and "line 4" in line
+
+
+def test_placeholder_or_full_width_api_key_is_refused(tmp_path: Path) -> None:
+    error = error_of(tmp_path, MINIMAL.replace('api_key = "sk-1"', 'api_key = "sk-请填写你的key"'))
+    assert error.key == "openai.accounts[0].api_key" and error.line == 7
+    assert "sk-" not in error.one_line()  # the key is never echoed
+
+
+def test_endpoint_without_scheme_is_refused(tmp_path: Path) -> None:
+    error = error_of(tmp_path, MINIMAL + 'api_endpoint = "api.deepseek.com/v1"\n')
+    assert error.key == "openai.accounts[0].api_endpoint" and error.line == 8

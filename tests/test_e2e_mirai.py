@@ -423,3 +423,16 @@ async def test_friend_request_accepted_only_when_configured(
     finally:
         await mirai.close()
         await app.stop()
+
+
+async def test_quote_can_be_turned_off(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
+    app = await start_bot(write_config({"response": {"quote": False}}))
+    mirai = FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ)
+    try:
+        await mirai.connect()
+        await mirai.push(group_message(30001, 20001, "不要引用", 5, at=BOT_QQ))
+        [command] = await mirai.wait_commands(1)
+        assert "quote" not in command["content"] and sent_text(command) == "echo: 不要引用"
+    finally:
+        await mirai.close()
+        await app.stop()

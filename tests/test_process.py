@@ -45,7 +45,8 @@ async def test_console_chats_through_the_same_pipeline(write_config: Callable[..
 async def test_sigterm_stops_within_five_seconds_and_keeps_history(
     write_config: Callable[..., Path], fake_llm: FakeOpenAI
 ) -> None:
-    config = write_config()
+    config = write_config({"log": {"file": "logs/bot.log"}})  # relative to the bot's working folder
+    log_file = config.parent / "logs" / "bot.log"
     port = int(next(line for line in config.read_text().splitlines() if "reverse_ws_port" in line).split("=")[1])
     process = await spawn_bot(config)
     mirai = FakeMirai(f"ws://127.0.0.1:{port}/", VERIFY_KEY, BOT_QQ)
@@ -70,3 +71,6 @@ async def test_sigterm_stops_within_five_seconds_and_keeps_history(
     stderr = (await process.stderr.read()).decode()  # type: ignore[union-attr]
     assert "stopped" in stderr and "Traceback" not in stderr
     assert (config.parent / "data" / "bot.sqlite3").stat().st_size > 0
+    logged = log_file.read_text(encoding="utf-8")
+    assert "verified with mirai-api-http" in logged and "stopped" in logged
+    assert "sk-test" not in logged and VERIFY_KEY not in logged

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from loguru import logger
@@ -27,7 +28,7 @@ class App:
         self.settings = settings
         self.console = console
         self.adapters: dict[str, Adapter] = {}
-        self._closers: list[tuple[str, object]] = []
+        self._closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     async def start(self) -> None:
         """Open the database, build everything and start the adapters; raises BotError."""
@@ -60,7 +61,7 @@ class App:
         await asyncio.gather(*(self._stop_adapter(a) for a in self.adapters.values()))
         for what, close in self._closers:
             try:
-                await asyncio.wait_for(close(), STOP_SECONDS / 2)  # type: ignore[operator]
+                await asyncio.wait_for(close(), STOP_SECONDS / 2)
             except Exception:
                 logger.exception("closing the {} failed", what)
 

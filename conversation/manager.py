@@ -19,7 +19,7 @@ from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
 from core.message import Text
 from core.tasks import TaskSet
 from core.tokens import estimate_tokens
-from llm.base import ChatModel, ChatTurn
+from llm.base import ChatModel, ChatTurn, LLMReply
 from storage.base import HistoryStore
 
 DEDUPE_SIZE = 4096
@@ -33,6 +33,7 @@ LLM_FAILURE_REASONS = {
     "server": "模型服务暂时不可用",
     "bad_request": "请求被模型服务拒绝",
 }
+STORAGE_FAILURE = "聊天记录数据库暂时无法读写"
 
 
 @dataclass(slots=True)
@@ -139,10 +140,14 @@ class ConversationManager:
 
     async def _process(self, job: Job) -> None:
         command = self.commands.get(job.prompt)
-        if command is not None:
-            await self._reply(job.event, await command(job))
-            return
-        await self._chat(job)
+        try:
+            if command is not None:
+                await self._reply(job.event, await command(job))
+            else:
+                await self._chat(job)
+        except StorageError:
+            # The store logged the detail; the user learns something went wrong, briefly.
+            await self._reply(job.event, self.settings.response.error_format.replace("{exc}", STORAGE_FAILURE))
 
     async def _reset(self, job: Job) -> str:
         await self.store.reset(job.session_key)
@@ -186,23 +191,26 @@ class ConversationManager:
         try:
             await self.store.append_exchange(job.session_key, user_text, text)
         except StorageError:
-            self.log.error("the reply to session {} is sent but could not be saved", job.session_key)
+            self.log.error("the reply to session {} could not be saved; sending it anyway", job.session_key)
         await self._reply(job.event, text)
 
-    async def _await_reply(self, job: Job, call: asyncio.Future[object]) -> str | None:
+    async def _await_reply(self, job: Job, call: asyncio.Future[LLMReply]) -> str | None:
         """Wait for the model; one "still thinking" notice after `timeout`, give up at `max_timeout`."""
         response = self.settings.response
-        done, _ = await asyncio.wait({call}, timeout=response.timeout)
-        if not done and response.max_timeout > response.timeout:
-            await self._reply(job.event, response.timeout_format)
-            done, _ = await asyncio.wait({call}, timeout=response.max_timeout - response.timeout)
-        if not done:
-            call.cancel()
-            self.log.warning("gave up on session {} after {}s", job.session_key, response.max_timeout)
-            await self._reply(job.event, response.cancel_wait_too_long)
-            return None
-        reply = call.result()
-        return str(getattr(reply, "text", reply))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=response.timeout)
+            if not done and response.max_timeout > response.timeout:
+                await self._reply(job.event, response.timeout_format)
+                done, _ = await asyncio.wait({call}, timeout=response.max_timeout - response.timeout)
+            if not done:
+                self.log.warning("gave up on session {} after {}s", job.session_key, response.max_timeout)
+                await self._reply(job.event, response.cancel_wait_too_long)
+                return None
+            return call.result().text
+        finally:
+            # Also when this worker is cancelled at shutdown: the model call must not outlive it.
+            if not call.done():
+                call.cancel()
 
     async def _reply(self, event: MessageEvent, text: str) -> None:
         """Send `text` to where `event` came from, split to the platform's size; quote in groups."""

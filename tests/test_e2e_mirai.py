@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -436,3 +437,14 @@ async def test_quote_can_be_turned_off(write_config: Callable[..., Path], fake_l
     finally:
         await mirai.close()
         await app.stop()
+
+
+async def test_broken_database_gets_a_short_error_not_silence(bot: RunningBot, tmp_path: Path) -> None:
+    await bot.mirai.push(friend_message(20001, "正常", 1))
+    await bot.mirai.wait_commands(1)
+    with sqlite3.connect(tmp_path / "data" / "bot.sqlite3") as db:
+        db.execute("DROP TABLE messages")
+    await bot.mirai.push(friend_message(20001, "数据库坏了", 2))
+    reply = sent_text((await bot.mirai.wait_commands(2))[-1])
+    assert reply.startswith("出现故障！") and "聊天记录数据库暂时无法读写" in reply
+    assert "messages" not in reply  # no SQL detail in chat

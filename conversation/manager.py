@@ -125,7 +125,9 @@ class ConversationManager:
         """Serve one session's queue in order; end after a quiet minute."""
         while True:
             try:
-                job = await asyncio.wait_for(queue.get(), WORKER_IDLE_SECONDS)
+                # asyncio.timeout, not wait_for: wait_for wraps the get() in a new task every time.
+                async with asyncio.timeout(WORKER_IDLE_SECONDS):
+                    job = await queue.get()
             except TimeoutError:
                 if queue.empty():
                     del self._queues[key]
@@ -170,7 +172,7 @@ class ConversationManager:
         preset = self.presets.turns()
         user_text = self._user_text(job)
         budget = self.settings.conversation.max_history_tokens - estimate_tokens(user_text)
-        budget -= sum(estimate_tokens(turn.content) for turn in preset)
+        budget -= self.presets.tokens()
         history = await self.store.window(job.session_key, max(0, budget))
         turns = [*preset, *(ChatTurn(t.role, t.content) for t in history), ChatTurn("user", user_text)]  # type: ignore[arg-type]
         async with self._slots:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from core.tokens import estimate_tokens
 from llm.base import ChatTurn
 
 _ROLE = re.compile(r"^(system|user|assistant)\s*[:：]\s*", re.IGNORECASE)
@@ -52,10 +53,16 @@ class PresetBook:
         else:
             logger.warning("preset folder {} not found; chatting without a system prompt", self.scan_dir)
         self.default: tuple[ChatTurn, ...] = self.presets.get("default", ())
+        # Counted once here: every request subtracts its preset from the history budget.
+        self._tokens = {name: sum(estimate_tokens(t.content) for t in turns) for name, turns in self.presets.items()}
 
     def turns(self, name: str = "") -> tuple[ChatTurn, ...]:
         """The turns of preset `name`, or the default preset."""
         return self.presets.get(name, self.default) if name else self.default
+
+    def tokens(self, name: str = "") -> int:
+        """Estimated tokens of preset `name` (or the default preset)."""
+        return self._tokens.get(name or "default", self._tokens.get("default", 0))
 
 
 def _read_text(path: Path) -> str:

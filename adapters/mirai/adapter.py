@@ -332,7 +332,8 @@ class MiraiAdapter(Adapter):
             except (ConnectionError, RuntimeError) as exc:
                 raise NotConnectedError(str(exc)) from None
             try:
-                data = await asyncio.wait_for(future, COMMAND_TIMEOUT)
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    data = await future
             except TimeoutError:
                 raise ActionFailedError(command, "timeout", f"no answer in {COMMAND_TIMEOUT}s") from None
         finally:

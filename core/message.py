@@ -228,16 +228,6 @@ _PLACEHOLDERS: dict[type, str] = {
 }
 
 
-def message(*parts: Segment | str) -> Message:
-    """Build a message from segments, turning bare strings into Text."""
-    return tuple(Text(p) if isinstance(p, str) else p for p in parts)
-
-
-def plain_text(msg: Iterable[Segment]) -> str:
-    """The message's Text segments joined, without mentions, quotes or media."""
-    return "".join(seg.text for seg in msg if isinstance(seg, Text))
-
-
 def describe(msg: Iterable[Segment]) -> str:
     """A readable one-string rendering (text, @names, media placeholders) for logs and the model."""
     out: list[str] = []

@@ -181,11 +181,6 @@ class OpenAICompatible:
         ]
         self._cursor = 0
 
-    @property
-    def account_names(self) -> list[str]:
-        """Every configured account name, in config order."""
-        return [account.name for account in self._accounts]
-
     def disabled_accounts(self) -> list[str]:
         """Names of accounts taken out of service (rejected key, unusable proxy or endpoint)."""
         return [account.name for account in self._accounts if account.disabled]

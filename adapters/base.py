@@ -64,6 +64,8 @@ class Adapter(ABC):
         self.tasks = TaskSet(instance)
         self._outbox: deque[_Pending] = deque()
         self._link_ready = asyncio.Event()
+        # Who may run admin commands on this link: the section's manager ids (`manager_qq`, ...).
+        self.managers: frozenset[str] = frozenset(getattr(settings, "manager_qq", ()) or ())
 
     @property
     def connected(self) -> bool:

@@ -1,51 +1,31 @@
-"""The conversation manager: dedupe, triggers, commands, per-session queues, the LLM call, replies."""
+"""The conversation manager: dedupe, triggers, commands, per-session queues, and sending replies."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from loguru import logger
 
 from adapters.base import Adapter
+from conversation.chat import ChatFlow
+from conversation.commands import CommandTable, SessionCommands
+from conversation.job import Job, failure_text
 from conversation.presets import PresetBook
 from conversation.render import split_text
+from conversation.sessions import SessionSettings
 from conversation.triggers import TriggerRules
 from core.config import Settings
-from core.errors import BotError, LLMError, StorageError
+from core.errors import BotError, StorageError
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
-from core.message import Text
+from core.message import Message, Text
 from core.tasks import TaskSet
-from core.tokens import estimate_tokens
-from llm.base import ChatModel, ChatTurn, LLMReply
+from llm.base import ChatModel
+from llm.images import ImageFetcher
 from storage.base import HistoryStore
 
 DEDUPE_SIZE = 4096
 WORKER_IDLE_SECONDS = 60.0
-# Shown instead of the real error (which goes to the log): short, and never a secret.
-LLM_FAILURE_REASONS = {
-    "auth": "模型账号验证失败，请联系管理员检查 API Key",
-    "rate_limit": "请求太频繁，请稍后再试",
-    "timeout": "模型响应超时",
-    "network": "无法连接到模型服务",
-    "server": "模型服务暂时不可用",
-    "bad_request": "请求被模型服务拒绝",
-}
-STORAGE_FAILURE = "聊天记录数据库暂时无法读写"
-
-
-@dataclass(slots=True)
-class Job:
-    """One triggered message waiting in its session's queue."""
-
-    event: MessageEvent
-    prompt: str
-    session_key: str
-
-
-Command = Callable[[Job], Awaitable[str]]
 
 
 class ConversationManager:
@@ -55,18 +35,25 @@ class ConversationManager:
     semaphore caps how many model calls run at once across sessions.
     """
 
-    def __init__(self, settings: Settings, store: HistoryStore, model: ChatModel, presets: PresetBook) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: HistoryStore,
+        model: ChatModel,
+        presets: PresetBook,
+        images: ImageFetcher | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.model = model
         self.presets = presets
+        self.images = images or ImageFetcher()
         self.adapters: dict[str, Adapter] = {}
         self.triggers = TriggerRules(settings.trigger)
-        self.commands: dict[str, Command] = {}
-        for word in settings.trigger.reset_command:
-            self.commands[word.strip()] = self._reset
-        for word in settings.trigger.rollback_command:
-            self.commands[word.strip()] = self._rollback
+        self.sessions = SessionSettings(store)
+        self.commands = CommandTable()
+        SessionCommands(settings, store, self.sessions, model, presets).register(self.commands)
+        self.chat = ChatFlow(settings, store, self.sessions, model, presets, self.images, self._send, self._text_limit)
         self._queues: dict[str, asyncio.Queue[Job]] = {}
         self._slots = asyncio.Semaphore(settings.conversation.max_concurrency)
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
@@ -108,7 +95,10 @@ class ConversationManager:
             self.log.debug("dropped a redelivered message {}", event.message_id)
             return
         prompt = self.triggers.prompt_of(event)
-        if prompt is None or (not prompt and prompt not in self.commands):
+        if prompt is None:
+            return
+        command = self.commands.match(prompt)
+        if command is None and not prompt and not self.chat.image_urls_in(event):
             return
         key = self.session_key(event)
         queue = self._queues.get(key)
@@ -119,7 +109,16 @@ class ConversationManager:
         if limit and queue.qsize() >= limit:
             self.tasks.spawn(self._reply(event, self.settings.response.queue_full), name="queue-full")
             return
-        queue.put_nowait(Job(event, prompt, key))
+        handler, argument = command if command is not None else (None, "")
+        queue.put_nowait(Job(event, prompt, key, self._is_admin(event), handler, argument))
+
+    def _is_admin(self, event: MessageEvent) -> bool:
+        adapter = self.adapters.get(event.adapter)
+        return adapter is not None and event.user_id in adapter.managers
+
+    def _text_limit(self, job: Job) -> int:
+        adapter = self.adapters.get(job.event.adapter)
+        return adapter.max_text_length if adapter is not None else 4500
 
     async def _work(self, key: str, queue: asyncio.Queue[Job]) -> None:
         """Serve one session's queue in order; end after a quiet minute."""
@@ -141,93 +140,41 @@ class ConversationManager:
                 queue.task_done()
 
     async def _process(self, job: Job) -> None:
-        command = self.commands.get(job.prompt)
         try:
-            if command is not None:
-                await self._reply(job.event, await command(job))
+            if job.command is not None:
+                await self._reply(job.event, await job.command(job, job.argument))
             else:
-                await self._chat(job)
+                async with self._slots:
+                    await self.chat.answer(job)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
-            await self._reply(job.event, self.settings.response.error_format.replace("{exc}", STORAGE_FAILURE))
+            await self._reply(job.event, failure_text(self.settings.response.error_format, "storage"))
 
-    async def _reset(self, job: Job) -> str:
-        await self.store.reset(job.session_key)
-        return self.settings.response.reset
+    async def _send(self, job: Job, content: str | Message, quote: bool) -> None:
+        await self._reply(job.event, content, quote)
 
-    async def _rollback(self, job: Job) -> str:
-        response = self.settings.response
-        if await self.store.rollback(job.session_key):
-            return response.rollback_success
-        reset_word = self.settings.trigger.reset_command[0] if self.settings.trigger.reset_command else ""
-        return response.rollback_fail.replace("{reset}", reset_word)
+    async def _reply(self, event: MessageEvent, content: str | Message, quote: bool = True) -> None:
+        """Send text (split to the platform's size) or a message where `event` came from.
 
-    def _user_text(self, job: Job) -> str:
-        if job.event.is_group and self.settings.conversation.group_scope == "group":
-            # A shared group history needs to say who is speaking.
-            return f"{job.event.sender_name or job.event.user_id}: {job.prompt}"
-        return job.prompt
-
-    async def _chat(self, job: Job) -> None:
-        preset = self.presets.turns()
-        user_text = self._user_text(job)
-        budget = self.settings.conversation.max_history_tokens - estimate_tokens(user_text)
-        budget -= self.presets.tokens()
-        history = await self.store.window(job.session_key, max(0, budget))
-        turns = [*preset, *(ChatTurn(t.role, t.content) for t in history), ChatTurn("user", user_text)]  # type: ignore[arg-type]
-        async with self._slots:
-            call = asyncio.ensure_future(self.model.complete(turns))
-            try:
-                text = await self._await_reply(job, call)
-            except Exception as exc:
-                kind = getattr(exc, "kind", "server")
-                if isinstance(exc, LLMError):
-                    self.log.error("no model answered session {}: {}", job.session_key, exc)
-                else:
-                    self.log.exception("the model call for session {} crashed", job.session_key)
-                reason = LLM_FAILURE_REASONS.get(kind, LLM_FAILURE_REASONS["server"])
-                await self._reply(job.event, self.settings.response.error_format.replace("{exc}", reason))
-                return
-        if text is None:
-            return
-        try:
-            await self.store.append_exchange(job.session_key, user_text, text)
-        except StorageError:
-            self.log.error("the reply to session {} could not be saved; sending it anyway", job.session_key)
-        await self._reply(job.event, text)
-
-    async def _await_reply(self, job: Job, call: asyncio.Future[LLMReply]) -> str | None:
-        """Wait for the model; one "still thinking" notice after `timeout`, give up at `max_timeout`."""
-        response = self.settings.response
-        try:
-            done, _ = await asyncio.wait({call}, timeout=response.timeout)
-            if not done and response.max_timeout > response.timeout:
-                await self._reply(job.event, response.timeout_format)
-                done, _ = await asyncio.wait({call}, timeout=response.max_timeout - response.timeout)
-            if not done:
-                self.log.warning("gave up on session {} after {}s", job.session_key, response.max_timeout)
-                await self._reply(job.event, response.cancel_wait_too_long)
-                return None
-            return call.result().text
-        finally:
-            # Also when this worker is cancelled at shutdown: the model call must not outlive it.
-            if not call.done():
-                call.cancel()
-
-    async def _reply(self, event: MessageEvent, text: str) -> None:
-        """Send `text` to where `event` came from, split to the platform's size; quote in groups."""
+        The first message quotes the user's in groups when `[response] quote` is on.
+        """
         adapter = self.adapters.get(event.adapter)
         if adapter is None:
             self.log.error("no adapter {} to reply through", event.adapter)
             return
-        quote = event.message_id if event.is_group and self.settings.response.quote and event.message_id else None
-        for part in split_text(text, adapter.max_text_length):
+        messages: list[Message] = (
+            [(Text(part),) for part in split_text(content, adapter.max_text_length)]
+            if isinstance(content, str)
+            else [content]
+        )
+        quoted = quote and event.is_group and self.settings.response.quote and event.message_id
+        for message in messages:
             try:
-                await adapter.send(event.target, (Text(part),), quote=quote)
+                await adapter.send(event.target, message, quote=event.message_id if quoted else None)
             except BotError as exc:
                 self.log.error("reply to {} failed: {}", event.target.describe(), exc)
                 return
-            quote = None
+            quoted = False
 
     async def _on_request(self, event: RequestEvent) -> None:
         system = self.settings.system
@@ -253,3 +200,4 @@ class ConversationManager:
         """Abandon queued and in-flight work (at most `timeout` seconds)."""
         await self.tasks.close(timeout)
         self._queues.clear()
+        await self.images.close()

@@ -60,6 +60,9 @@ class OpenAIAccount(Section):
     model: str = "gpt-4o-mini"
     proxy: str = ""
     name: str = ""
+    models: list[str] = Field(default_factory=list)
+    vision: bool = False
+    image_model: str = ""
 
     @field_validator("api_key")
     @classmethod
@@ -100,6 +103,7 @@ class OpenAISettings(Section):
     accounts: list[OpenAIAccount] = Field(default_factory=list)
     gpt_params: GptParams = Field(default_factory=GptParams)
     max_retries: int = Field(2, ge=0, le=10)
+    image_size: str = "1024x1024"
 
 
 class DatabaseSettings(Section):
@@ -118,6 +122,32 @@ class TriggerSettings(Section):
     reset_command: list[str] = Field(default_factory=lambda: ["重置会话"])
     rollback_command: list[str] = Field(default_factory=lambda: ["回滚会话"])
     ignore_regex: list[str] = Field(default_factory=list)
+    prefix_image: list[str] = Field(default_factory=lambda: ["画"])
+    switch_model: str = r"切换模型 (.+)"
+    switch_command: str = r"切换AI (.+)"
+    ping_command: list[str] = Field(default_factory=lambda: ["ping"])
+    allowed_models: list[str] = Field(default_factory=list)
+    allow_switching_ai: bool = True
+
+    @field_validator("ignore_regex")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _compiles(pattern)
+        return value
+
+    @field_validator("switch_model", "switch_command")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        _compiles(value)
+        return value
+
+
+def _compiles(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"正则表达式无效 (invalid regular expression): {exc}") from None
 
 
 class ResponseSettings(Section):
@@ -137,6 +167,16 @@ class ResponseSettings(Section):
         "出现故障！如果这个问题持续出现，请和我说“重置会话” 来开启一段新的会话，"
         "或者发送 “回滚会话” 来回溯到上一条对话，你上一条说的我就当作没看见。\n原因：{exc}"
     )
+    buffer_delay: float = Field(15.0, ge=0)
+    show_reasoning: bool = False
+    ping_response: str = "当前账号：{account}\n当前模型：{model}\n当前预设：{preset}"
+    model_switched: str = "已切换到模型 {model}。"
+    model_not_allowed: str = "不能切换到模型 {model}。可以使用的模型：{models}"
+    account_switched: str = "已切换到 {account}（模型 {model}）。"
+    account_not_found: str = "没有名为 {account} 的 AI。可以使用的：{accounts}"
+    switching_not_allowed: str = "只有管理员可以切换 AI。"
+    drawing_unavailable: str = "没有可以画图的账号，请管理员在账号里设置 image_model。"
+    interrupted: str = "（回答中断了：{exc}）"
 
 
 class PresetSettings(Section):
@@ -149,7 +189,7 @@ class ConversationSettings(Section):
     """`[conversation]`: how history is scoped and how much of it the model sees."""
 
     group_scope: Literal["member", "group"] = "member"
-    max_history_tokens: int = Field(3000, ge=0)
+    max_history_tokens: int = Field(0, ge=0)
     max_concurrency: int = Field(16, ge=1)
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from core.errors import LLMError
 
 Role = Literal["system", "user", "assistant"]
-FailureKind = Literal["auth", "rate_limit", "timeout", "network", "server", "bad_request"]
+FailureKind = Literal[
+    "auth", "rate_limit", "timeout", "network", "server", "bad_request", "context_length", "unsupported"
+]
+# Receives the reply text piece by piece while it streams. Reasoning (`reasoning_content`) arrives
+# wrapped in <think>...</think>, the same form DeepSeek-R1 style models put in their content.
+DeltaSink = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +23,7 @@ class ChatTurn:
 
     role: Role
     content: str
+    images: tuple[str, ...] = ()  # data: URLs, sent as image parts to accounts with vision
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +41,23 @@ class AllAccountsFailed(LLMError):
     The message is safe to show in chat: it never holds a key, a prompt or a provider's error text.
     """
 
-    def __init__(self, kind: FailureKind, detail: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, kind: FailureKind, detail: str = "", status: int | None = None, *, partial: bool = False
+    ) -> None:
         self.kind: FailureKind = kind
         self.detail = detail
         self.status = status
+        self.partial = partial  # part of the answer had already been streamed out
         super().__init__(f"LLM request failed ({kind}{': ' + detail if detail else ''})")
+
+
+@dataclass(frozen=True, slots=True)
+class DrawnImage:
+    """A generated picture: a URL to fetch it from, or its bytes as base64."""
+
+    url: str = ""
+    base64: str = ""
+    account: str = ""
 
 
 @runtime_checkable
@@ -47,13 +65,23 @@ class ChatModel(Protocol):
     """A chat completion backend."""
 
     async def complete(
-        self, turns: Sequence[ChatTurn], *, model: str | None = None, account: str | None = None
+        self,
+        turns: Sequence[ChatTurn],
+        *,
+        model: str | None = None,
+        account: str | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> LLMReply:
         """Answer the conversation `turns`.
 
-        `model` overrides the account's model; `account` (a name) is tried first.
-        Raises AllAccountsFailed (an LLMError) when every account failed.
+        `model` overrides the account's model; `account` (a name) is tried first; `on_delta`
+        receives the text as it streams. Raises AllAccountsFailed (an LLMError) when every
+        account failed, with `partial` set when `on_delta` had already been given text.
         """
+        ...
+
+    async def draw(self, prompt: str) -> DrawnImage:
+        """Generate one picture; raises AllAccountsFailed (kind "unsupported" when no account draws)."""
         ...
 
     async def close(self) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx2
 import openai
@@ -17,12 +19,22 @@ from pydantic import SecretStr
 
 from core.backoff import Backoff
 from core.config import DEFAULT_ENDPOINT, OpenAISettings
-from llm.base import AllAccountsFailed, ChatTurn, FailureKind, LLMReply
+from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, DrawnImage, FailureKind, LLMReply
 from llm.http_transport import AiohttpTransport
 
 log = logger.bind(adapter="llm")
 
-RETRY_AFTER_CAP = 20.0
+RETRY_AFTER_CAP = 20.0  # the longest a request waits in place for a rate-limited account
+RATE_LIMIT_COOL_DEFAULT = 20.0  # cool-down after a 429 without Retry-After
+RATE_LIMIT_COOL_MAX = 600.0
+COOL_MIN = 10.0  # cool-down after an account failed a request, doubling per failure in a row
+COOL_MAX = 300.0
+# Providers word "context too long" differently; the status is 400 (or 413) for all of them.
+_CONTEXT_ERROR = re.compile(
+    r"context.length|context window|maximum context|reduce the length|too many tokens|token limit|"
+    r"input is too long|prompt is too long|range of input length|超出.*(长度|上下文)",
+    re.IGNORECASE,
+)
 # statuses that say the request itself is wrong: no other account would accept it either
 REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
 _RETRYABLE: frozenset[FailureKind] = frozenset({"rate_limit", "timeout", "network", "server"})
@@ -69,16 +81,37 @@ def _provider_message(exc: openai.APIStatusError) -> str:
     return " ".join(message.split())[:200] if isinstance(message, str) else ""
 
 
-def _choice_content(data: object, part: str) -> str:
-    """`choices[0][part].content` of a completion ("message") or a chunk ("delta"); "" when absent.
+def _choice_content(data: object, part: str, field: str = "content") -> str:
+    """`choices[0][part][field]` of a completion ("message") or a chunk ("delta"); "" when absent.
 
     Servers differ: some send `"delta": null` or no choices on the last chunk.
     """
+    inner = _choice_field(data, part)
+    value = inner.get(field) if isinstance(inner, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _messages(turns: Sequence[ChatTurn], vision: bool) -> list[dict[str, Any]]:
+    """The request's messages; a turn's images become image parts only for an account with vision."""
+    out: list[dict[str, Any]] = []
+    for turn in turns:
+        content: str | list[dict[str, Any]] = turn.content
+        if vision and turn.images:
+            content = [{"type": "text", "text": turn.content}]
+            content += [{"type": "image_url", "image_url": {"url": url}} for url in turn.images]
+        out.append({"role": turn.role, "content": content})
+    return out
+
+
+def _choice_field(data: object, field: str) -> object:
+    """`choices[0][field]`, or None."""
     choices = data.get("choices") if isinstance(data, dict) else None
     first = choices[0] if isinstance(choices, list) and choices else None
-    inner = first.get(part) if isinstance(first, dict) else None
-    content = inner.get("content") if isinstance(inner, dict) else None
-    return content if isinstance(content, str) else ""
+    return first.get(field) if isinstance(first, dict) else None
+
+
+class TruncatedStreamError(Exception):
+    """The stream ended without a finish_reason: the answer was cut off."""
 
 
 class EmptyReplyError(Exception):
@@ -111,6 +144,8 @@ def classify(exc: BaseException) -> Failure:
     """Sort an exception from one attempt into a Failure (a pure function: no I/O, no state)."""
     if isinstance(exc, EmptyReplyError):
         return Failure("server", detail="empty reply")
+    if isinstance(exc, TruncatedStreamError):
+        return Failure("network", detail="stream ended early")
     if isinstance(exc, ClientSetupError):
         return Failure("network", detail=str(exc))
     if isinstance(exc, openai.APIStatusError):
@@ -119,6 +154,9 @@ def classify(exc: BaseException) -> Failure:
             # the provider's text is dropped: OpenAI's 401 message repeats part of the key
             return Failure("auth", status)
         message = _provider_message(exc)
+        code = exc.body.get("code") if isinstance(exc.body, dict) else None
+        if status in REQUEST_FAULT_STATUSES and (code == "context_length_exceeded" or _CONTEXT_ERROR.search(message)):
+            return Failure("context_length", status, provider_message=message)
         wait = retry_after_seconds(exc.response.headers)
         if status == 429:
             return Failure("rate_limit", status, retry_after=wait, provider_message=message)
@@ -144,17 +182,44 @@ class _Account:
     model: str
     proxy: str
     api_key: SecretStr
+    models: tuple[str, ...] = ()
+    vision: bool = False
+    image_model: str = ""
     client: openai.AsyncOpenAI | None = None
     disabled: FailureKind | None = None  # why it was taken out of service, for the process lifetime
+    cooling_until: float = 0.0  # monotonic time before which other accounts are tried first
+    strikes: int = 0  # requests failed in a row
+
+    def serves(self, model: str) -> bool:
+        """The account names `model` as its default or in its `models` list."""
+        return model == self.model or model in self.models
+
+    def cool_down(self, seconds: float) -> None:
+        self.cooling_until = max(self.cooling_until, time.monotonic() + seconds)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """Hands streamed text to the caller and remembers that it did (no failover after that)."""
+
+    sink: DeltaSink | None
+    delivered: bool = False
+
+    async def emit(self, text: str) -> None:
+        if self.sink is not None and text:
+            self.delivered = True
+            await self.sink(text)
 
 
 class OpenAICompatible:
     """A ChatModel over `openai.AsyncOpenAI`, one client per `[[openai.accounts]]` entry.
 
-    Each request starts at the next usable account (round robin) and fails over to the others.
-    Per account: up to `max_retries + 1` attempts for 429 (Retry-After honoured, capped), 5xx,
-    timeouts and connection errors; 401/403 disables the account until restart; a 400 is the
-    request's fault and fails the request at once.
+    Each request starts at the next ready account (round robin) and fails over to the others.
+    Accounts that just failed cool down: other accounts are tried first until the cool-down ends.
+    Per account: 5xx is retried with capped backoff (`max_retries`); a 429 cools the account for
+    its Retry-After and moves on (waiting in place only when no other account is ready); a
+    timeout or refused connection moves on at once when another account is ready; 401/403
+    disables the account until restart; a 400 is the request's fault and fails it at once.
     """
 
     def __init__(
@@ -166,6 +231,7 @@ class OpenAICompatible:
     ) -> None:
         self._params = settings.gpt_params
         self._attempts = settings.max_retries + 1
+        self._image_size = settings.image_size
         self._backoff_factory = backoff_factory
         self._retry_after_cap = retry_after_cap
         # the same defaults as core.config.validate fills in, for settings built without it
@@ -176,40 +242,102 @@ class OpenAICompatible:
                 model=account.model,
                 proxy=account.proxy,
                 api_key=account.api_key,
+                models=tuple(account.models),
+                vision=account.vision,
+                image_model=account.image_model,
             )
             for i, account in enumerate(settings.accounts)
         ]
         self._cursor = 0
+        self._draw_cursor = 0
 
     def disabled_accounts(self) -> list[str]:
         """Names of accounts taken out of service (rejected key, unusable proxy or endpoint)."""
         return [account.name for account in self._accounts if account.disabled]
 
+    def accounts(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(name, default model, other models) of every usable account, in config order."""
+        return [(a.name, a.model, a.models) for a in self._accounts if not a.disabled]
+
+    def default_model(self, account: str | None) -> str:
+        """The model `account` uses by default ("" for an unknown name)."""
+        return next((a.model for a in self._accounts if a.name == account), "")
+
+    def account_for_model(self, model: str) -> str:
+        """The first usable account that names `model`, or ""."""
+        return next((a.name for a in self._accounts if not a.disabled and a.serves(model)), "")
+
+    @property
+    def vision_available(self) -> bool:
+        """Some usable account accepts images."""
+        return any(a.vision and not a.disabled for a in self._accounts)
+
     async def complete(
-        self, turns: Sequence[ChatTurn], *, model: str | None = None, account: str | None = None
+        self,
+        turns: Sequence[ChatTurn],
+        *,
+        model: str | None = None,
+        account: str | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> LLMReply:
         """Answer the conversation `turns`.
 
-        `model` overrides the account's model; `account` (a name) is tried first.
-        Raises AllAccountsFailed when every account failed, at once with kind "bad_request"
-        when the provider rejects the request itself (HTTP 400).
+        `model` overrides the account's model (accounts that name it go first); `account` (a name)
+        is tried first; `on_delta` receives text while it streams. Raises AllAccountsFailed when
+        every account failed; at once with kind "bad_request" / "context_length" when the provider
+        rejects the request itself; with `partial` set when text had already gone to `on_delta`.
         """
-        messages = [{"role": t.role, "content": t.content} for t in turns]
+        delivery = _Delivery(on_delta)
         last: Failure | None = None
-        for candidate in self._order(account):
+        order = self._order(account, model)
+        for index, candidate in enumerate(order):
             if candidate.disabled:  # another request may have disabled it meanwhile
                 continue
+            now = time.monotonic()
+            others_ready = any(not a.disabled and a.cooling_until <= now for a in order[index + 1 :])
             use_model = model or candidate.model
-            outcome = await self._try_account(candidate, messages, use_model)
+            outcome = await self._try_account(candidate, turns, use_model, delivery, others_ready)
             if isinstance(outcome, str):
                 return LLMReply(outcome, candidate.name, use_model)
             last = outcome
-            if outcome.request_fault:
-                raise AllAccountsFailed("bad_request", outcome.short, outcome.status)
+            if delivery.delivered:
+                raise AllAccountsFailed(outcome.kind, outcome.short, outcome.status, partial=True)
+            if outcome.kind == "context_length" or outcome.request_fault:
+                raise AllAccountsFailed(outcome.kind, outcome.short, outcome.status)
         if last is None:
             reasons = {a.disabled for a in self._accounts}
             kind: FailureKind = "network" if reasons == {"network"} else "auth"
             raise AllAccountsFailed(kind, "no usable account")
+        raise AllAccountsFailed(last.kind, last.short, last.status)
+
+    async def draw(self, prompt: str) -> DrawnImage:
+        """One picture from the images API of an account with `image_model`, failing over between them."""
+        drawers = [a for a in self._accounts if a.image_model and not a.disabled]
+        if not drawers:
+            raise AllAccountsFailed("unsupported", "no account has image_model")
+        start = self._draw_cursor % len(drawers)
+        self._draw_cursor = start + 1
+        last = Failure("server")
+        for account in drawers[start:] + drawers[:start]:
+            body = {"model": account.image_model, "prompt": prompt, "n": 1, "size": self._image_size}
+            try:
+                data = await self._client(account).post("/images/generations", body=body, cast_to=object)
+                items = data.get("data") if isinstance(data, dict) else None
+                item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+                url, b64 = item.get("url"), item.get("b64_json")
+                if isinstance(url, str) and url.startswith(("http://", "https://")):
+                    return DrawnImage(url=url, account=account.name)
+                if isinstance(b64, str) and b64:
+                    return DrawnImage(base64=b64, account=account.name)
+                raise EmptyReplyError
+            except Exception as exc:  # every failure is sorted, logged and ends in failover
+                last = classify(exc)
+            if last.kind == "auth":
+                self._disable(account, last)
+            else:
+                log.warning(f"account {account.name} could not draw: {last.kind} {last.short}")
+            if last.request_fault:  # e.g. a prompt refused by the safety system: another account would refuse it too
+                break
         raise AllAccountsFailed(last.kind, last.short, last.status)
 
     async def close(self) -> None:
@@ -229,55 +357,86 @@ class OpenAICompatible:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _order(self, preferred: str | None) -> list[_Account]:
-        """The accounts to try for one request: the preferred one first, then round robin."""
+    def _order(self, preferred: str | None, model: str | None) -> list[_Account]:
+        """The accounts to try: the preferred one, then those naming `model`, ready before cooling."""
         usable = [a for a in self._accounts if not a.disabled]
         if not usable:
             return []
+        now = time.monotonic()
+        ready = [a for a in usable if a.cooling_until <= now]
+        cooling = sorted((a for a in usable if a.cooling_until > now), key=lambda a: a.cooling_until)
         first = next((a for a in usable if a.name == preferred), None) if preferred else None
-        if first is not None:
+        if ready and first is None:
             # a pinned request does not move the cursor, so unpinned traffic stays evenly spread
-            return [first, *(a for a in usable if a is not first)]
-        start = self._cursor % len(usable)
-        self._cursor = start + 1
-        return usable[start:] + usable[:start]
+            start = self._cursor % len(ready)
+            self._cursor = start + 1
+            ready = ready[start:] + ready[:start]
+        order = ready + cooling
+        if model:
+            order = [a for a in order if a.serves(model)] + [a for a in order if not a.serves(model)]
+        if first is not None:
+            order = [first, *(a for a in order if a is not first)]
+        return order
 
-    async def _try_account(self, account: _Account, messages: list[dict[str, str]], model: str) -> str | Failure:
-        """The reply text, or the Failure that ended this account's attempts."""
+    async def _try_account(
+        self, account: _Account, turns: Sequence[ChatTurn], model: str, delivery: _Delivery, others_ready: bool
+    ) -> str | Failure:
+        """The reply text, or the Failure that ended this account's part in the request."""
         try:
             client = self._client(account)
         except ClientSetupError as exc:
             failure = classify(exc)
             self._disable(account, failure)
             return failure
+        messages = _messages(turns, account.vision)
         backoff = self._backoff_factory()
         failure = Failure("server")
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._request(client, messages, model)
+                text = await self._request(client, messages, model, delivery)
+                account.strikes, account.cooling_until = 0, 0.0
+                return text
             except Exception as exc:  # any provider surprise must end as AllAccountsFailed
                 failure = classify(exc)
             if failure.kind == "auth":
                 self._disable(account, failure)
                 return failure
-            last_try = attempt == self._attempts or not failure.retryable
-            delay = 0.0 if last_try else self._delay(failure, backoff)
-            if failure.request_fault:
+            wait: float | None = None
+            if delivery.delivered:
+                then = "part of the answer was already sent"
+            elif failure.kind == "context_length" or failure.request_fault:
                 then = "the request itself was refused"
-            elif last_try:
-                then = "giving up on this account"
+            elif failure.kind == "rate_limit":
+                cool = min(failure.retry_after or RATE_LIMIT_COOL_DEFAULT, RATE_LIMIT_COOL_MAX)
+                account.cool_down(cool)
+                if others_ready or attempt == self._attempts or cool > self._retry_after_cap:
+                    then = f"cooling down for {cool:g} s"
+                else:
+                    wait = self._delay(failure, backoff)
+                    then = f"no other account is ready; retrying in {wait:.2f} s"
+            elif not failure.retryable:
+                then = "trying the next account"
+            elif attempt == self._attempts or (others_ready and failure.kind in ("timeout", "network")):
+                # a slow or unreachable account must not hold up an answer another account can give
+                self._cool(account)
+                then = "trying the next account"
             else:
-                then = f"retrying in {delay:.2f} s"
+                wait = self._delay(failure, backoff)
+                then = f"retrying in {wait:.2f} s"
             said = f" ({failure.provider_message})" if failure.provider_message else ""
             # f-strings, not loguru arguments: a "{" in an account name must not be formatted
             log.warning(
                 f"account {account.name} failed: {failure.kind} {failure.short}{said} "
                 f"(attempt {attempt}/{self._attempts}); {then}"
             )
-            if last_try:
+            if wait is None:
                 return failure
-            await asyncio.sleep(delay)
+            await asyncio.sleep(wait)
         return failure
+
+    def _cool(self, account: _Account) -> None:
+        account.strikes += 1
+        account.cool_down(min(COOL_MAX, COOL_MIN * 2 ** min(account.strikes - 1, 16)))
 
     def _delay(self, failure: Failure, backoff: Backoff) -> float:
         if failure.retry_after is not None:
@@ -298,8 +457,8 @@ class OpenAICompatible:
         if account.client is None:
             try:
                 transport = AiohttpTransport(account.proxy)
-            except ValueError:
-                raise ClientSetupError("proxy: only http:// and https:// proxies are supported") from None
+            except ValueError as exc:
+                raise ClientSetupError(f"proxy: {exc}") from None
             # the SDK's own httpx2 subclass keeps its connection limits and redirect handling
             http_client = openai.DefaultAsyncHttpxClient(transport=transport)
             try:
@@ -314,12 +473,16 @@ class OpenAICompatible:
                 raise ClientSetupError("api_endpoint: not a valid URL") from None
         return account.client
 
-    async def _request(self, client: openai.AsyncOpenAI, messages: list[dict[str, str]], model: str) -> str:
+    async def _request(
+        self, client: openai.AsyncOpenAI, messages: list[dict[str, Any]], model: str, delivery: _Delivery
+    ) -> str:
         """One chat completion call; the whole reply text. Raises EmptyReplyError or SDK errors.
 
         `client.post` with a plain dict body, not `chat.completions.create`: create() runs every
         history turn through the SDK's typed-dict transform, which cost ~0.14 ms of CPU per turn
         (75% of the bot's CPU in the benchmark) and buys nothing for already well-formed turns.
+        Reasoning (`reasoning_content`) is wrapped in <think>...</think> so the caller strips or
+        shows it the same way as R1-style models that put it in their content.
         """
         p = self._params
         # max_tokens is deliberately not sent: in this config it is the conversation budget (v2 meaning)
@@ -334,20 +497,44 @@ class OpenAICompatible:
         }
         # cast_to=object: the JSON as plain dicts, read tolerantly below; building the SDK's
         # pydantic models for every completion and chunk costs CPU and checks nothing we need.
+        parts: list[str] = []
+        answered = False
         if p.stream:
             stream = await client.post(
                 "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
             )
-            parts: list[str] = []
+            thinking = finished = False
             async with stream:
                 async for chunk in stream:
-                    parts.append(_choice_content(chunk, "delta"))
-            text = "".join(parts)
+                    finished = finished or bool(_choice_field(chunk, "finish_reason"))
+                    reasoning = _choice_content(chunk, "delta", "reasoning_content")
+                    content = _choice_content(chunk, "delta")
+                    piece = ""
+                    if reasoning:
+                        piece = reasoning if thinking else "<think>\n" + reasoning
+                        thinking = True
+                    if content:
+                        piece += ("\n</think>\n\n" if thinking else "") + content
+                        thinking, answered = False, answered or bool(content.strip())
+                    if piece:
+                        parts.append(piece)
+                        await delivery.emit(piece)
+            if not finished:
+                # a dropped connection can end the body cleanly: only finish_reason says the answer is whole
+                raise TruncatedStreamError
+            if thinking:
+                parts.append("\n</think>\n\n")
+                await delivery.emit(parts[-1])
         else:
-            text = _choice_content(await client.post("/chat/completions", body=body, cast_to=object), "message")
-        if not text.strip():
+            data = await client.post("/chat/completions", body=body, cast_to=object)
+            reasoning = _choice_content(data, "message", "reasoning_content")
+            content = _choice_content(data, "message")
+            answered = bool(content.strip())
+            parts.append((f"<think>\n{reasoning}\n</think>\n\n" if reasoning else "") + content)
+            await delivery.emit(parts[0])
+        if not answered:
             raise EmptyReplyError
-        return text
+        return "".join(parts)
 
     async def _check_one(self, account: _Account) -> tuple[str, bool, str]:
         started = time.perf_counter()

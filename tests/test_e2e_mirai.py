@@ -60,7 +60,7 @@ async def test_replying_to_the_bot_counts_as_mention(bot: RunningBot) -> None:
     }
     await bot.mirai.push(group_message(30001, 20001, "继续说", 6, quote=quote))
     [command] = await bot.mirai.wait_commands(1)
-    assert sent_text(command) == "echo: 继续说"
+    assert sent_text(command) == "echo: [引用: x]\n继续说"  # the quoted text is context for the model
 
 
 async def test_second_message_carries_the_first_exchange(bot: RunningBot, fake_llm: FakeOpenAI) -> None:

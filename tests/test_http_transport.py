@@ -13,6 +13,7 @@ from aiohttp import web
 
 from llm.http_transport import AiohttpTransport
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.socks_proxy import ConnectRequest, FakeSocks5
 
 
 @pytest.fixture
@@ -88,6 +89,116 @@ async def test_compressed_body_is_decoded_once(slow_and_gzip_server: str) -> Non
         assert response.json() == {"ok": "你好"}
 
 
-def test_socks_proxy_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="http"):
-        AiohttpTransport("socks5://127.0.0.1:1080")
+@pytest.mark.parametrize(
+    "proxy", ["ftp://user:hunter2@proxy:21", "user:hunter2@proxy:1080", "socks5://user:hunter2", "socks5h://:hunter2@"]
+)
+def test_unusable_proxy_is_refused_without_echoing_the_password(proxy: str) -> None:
+    with pytest.raises(ValueError, match="socks5") as caught:
+        AiohttpTransport(proxy)
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.__suppress_context__ or caught.value.__context__ is None  # nor in a chained traceback
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+async def _chat_through(proxy: str, base_url: str) -> object:
+    """One chat completion through `proxy` with the openai SDK, as the bot sends it."""
+    client = openai.AsyncOpenAI(
+        api_key="k", base_url=base_url, max_retries=0, http_client=httpx2.AsyncClient(transport=AiohttpTransport(proxy))
+    )
+    try:
+        return await client.post(
+            "/chat/completions", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, cast_to=object
+        )
+    finally:
+        await client.close()
+
+
+async def _socks_proxy(**credentials: str) -> tuple[FakeSocks5, int]:
+    proxy = FakeSocks5(**credentials)
+    return proxy, await proxy.start()
+
+
+async def test_socks5_proxy_carries_the_request(fake_openai: FakeOpenAI) -> None:
+    proxy, port = await _socks_proxy()
+    try:
+        reply = await _chat_through(f"socks5://127.0.0.1:{port}", fake_openai.base_url)
+        assert reply["choices"][0]["message"]["content"] == "echo: hi"  # type: ignore[index]
+        target = httpx2.URL(fake_openai.base_url).port
+        assert proxy.requests == [ConnectRequest("127.0.0.1", target, by_name=False)]
+    finally:
+        await proxy.stop()
+
+
+async def test_socks5_proxy_with_username_and_password(fake_openai: FakeOpenAI) -> None:
+    proxy, port = await _socks_proxy(username="alice", password="p@ss:word")
+    try:
+        # percent-encoded as in any URL; the proxy must see the decoded password
+        reply = await _chat_through(f"socks5://alice:p%40ss%3Aword@127.0.0.1:{port}", fake_openai.base_url)
+        assert reply["object"] == "chat.completion"  # type: ignore[index]
+        assert len(proxy.requests) == 1
+        assert proxy.auth_failures == 0
+    finally:
+        await proxy.stop()
+
+
+async def test_wrong_socks_password_is_a_connection_error(fake_openai: FakeOpenAI) -> None:
+    proxy, port = await _socks_proxy(username="alice", password="right")
+    try:
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await _chat_through(f"socks5://alice:wrong@127.0.0.1:{port}", fake_openai.base_url)
+        assert not isinstance(caught.value, openai.APITimeoutError)
+        assert proxy.auth_failures == 1
+        assert proxy.requests == []
+        assert fake_openai.requests == []
+    finally:
+        await proxy.stop()
+
+
+async def test_socks5h_lets_the_proxy_resolve_and_socks5_resolves_locally(fake_openai: FakeOpenAI) -> None:
+    base_url = fake_openai.base_url.replace("127.0.0.1", "localhost")
+    proxy, port = await _socks_proxy()
+    try:
+        await _chat_through(f"socks5h://127.0.0.1:{port}", base_url)
+        await _chat_through(f"SOCKS5://127.0.0.1:{port}", base_url)  # schemes are case-insensitive
+        remote, local = proxy.requests
+        assert (remote.host, remote.by_name) == ("localhost", True)
+        assert not local.by_name
+        assert local.host == "127.0.0.1"
+    finally:
+        await proxy.stop()
+
+
+async def test_socks_proxy_not_listening_is_a_connection_error(fake_openai: FakeOpenAI) -> None:
+    proxy, port = await _socks_proxy()
+    await proxy.stop()  # the port was free a moment ago and nothing listens on it now
+    with pytest.raises(openai.APIConnectionError) as caught:
+        await _chat_through(f"socks5://127.0.0.1:{port}", fake_openai.base_url)
+    assert not isinstance(caught.value, openai.APITimeoutError)
+    assert isinstance(caught.value.__cause__, httpx2.ConnectError)
+
+
+async def test_socks_proxy_that_never_answers_is_a_connect_timeout() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # kept referenced, so the connection stays open without a reply
+
+    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        transport = AiohttpTransport(f"socks5://127.0.0.1:{port}")
+        async with httpx2.AsyncClient(transport=transport, timeout=0.3) as client:
+            with pytest.raises(httpx2.ConnectTimeout):  # the openai SDK turns it into APITimeoutError
+                await client.get("http://127.0.0.1:9/")
+    finally:
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await server.wait_closed()

@@ -29,6 +29,7 @@ class ConsoleAdapter(Adapter):
         super().__init__(instance, settings, sink)
         self.closed = asyncio.Event()
         self._count = 0
+        self.managers = frozenset({CONSOLE_USER})  # whoever sits at the terminal owns the bot
 
     async def start(self) -> None:
         """Start reading stdin."""

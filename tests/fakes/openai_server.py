@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +65,12 @@ class FakeOpenAI:
         self.reply_fn = reply_fn
         self.chunk_chars = chunk_chars  # stream pieces of this many characters
         self.chunk_delay = 0.0  # seconds between stream chunks; 0 sends them in one write
+        self.context_limit: int | None = None  # characters of all messages; above it: 400 context_length_exceeded
+        self.reasoning = ""  # sent as `reasoning_content` before the answer (DeepSeek-R1 style)
+        self.break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
+        self.model_latency: dict[str, float] = {}  # extra latency per requested model (a slow account)
+        self.image_requests: list[dict[str, Any]] = []
+        self.image_format = "b64_json"  # or "url": how /images/generations answers
         self.record = True  # benchmarks turn this off so memory stays flat
         self.requests: list[dict[str, Any]] = []
         self.key_failures: dict[str, int] = {}
@@ -96,6 +105,8 @@ class FakeOpenAI:
         self._stopping.clear()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_get("/files/drawn.png", self._drawn_file)
         # handler_cancellation: a hung handler ends when the client hangs up, so stop() is quick
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -137,17 +148,25 @@ class FakeOpenAI:
                 return _error(503, "The server is shutting down.")
             return _error(plan.status, f"Planned failure {plan.status}.", plan.retry_after)
 
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        if self.context_limit is not None:
+            size = sum(len(_text_of(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
+            if size > self.context_limit:
+                message = (
+                    f"This model's maximum context length is {self.context_limit} tokens. Please reduce the length."
+                )
+                return _error(400, message, code="context_length_exceeded")
+        delay = self.latency + self.model_latency.get(str(body["model"]), 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         text = self.reply_fn(body)
         self._counter += 1
         ident = f"chatcmpl-fake{self._counter}"
         if body.get("stream"):
             return await self._stream(request, body, ident, text)
-        return web.Response(
-            body=json.dumps(_completion(ident, body["model"], text, body["messages"])).encode(),
-            content_type="application/json",
-        )
+        completion = _completion(ident, body["model"], text, body["messages"])
+        if self.reasoning:
+            completion["choices"][0]["message"]["reasoning_content"] = self.reasoning
+        return web.Response(body=json.dumps(completion).encode(), content_type="application/json")
 
     async def _stream(self, request: web.Request, body: dict[str, Any], ident: str, text: str) -> web.StreamResponse:
         model = body["model"]
@@ -166,8 +185,14 @@ class FakeOpenAI:
 
         step = max(1, self.chunk_chars)
         frames = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
+        frames += [
+            chunk({"reasoning_content": self.reasoning[i : i + step]}, None)
+            for i in range(0, len(self.reasoning), step)
+        ]
         frames += [chunk({"content": text[i : i + step]}, None) for i in range(0, len(text), step)]
         frames.append(chunk({}, "stop"))
+        if self.break_stream_after is not None:
+            frames = frames[: 1 + self.break_stream_after]
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             usage = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -185,8 +210,44 @@ class FakeOpenAI:
                 await asyncio.sleep(self.chunk_delay)
         else:
             await response.write(b"".join(frames))
+        if self.break_stream_after is not None:
+            # a proxy or the provider dropping the connection mid-answer
+            assert request.transport is not None
+            request.transport.close()
+            return response
         await response.write_eof()
         return response
+
+    async def _images(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.image_requests.append({"body": body, "authorization": request.headers.get("Authorization", "")})
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if key in self.key_failures:
+            return _error(self.key_failures[key], "Incorrect API key provided.")
+        if self._plans:
+            plan = self._plans.popleft()
+            return _error(plan.status, f"Planned failure {plan.status}.", plan.retry_after)
+        if self.image_format == "url":
+            host, port = request.transport.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+            item = {"url": f"http://{host}:{port}/files/drawn.png", "revised_prompt": body.get("prompt")}
+        else:
+            item = {"b64_json": base64.b64encode(TINY_PNG).decode(), "revised_prompt": body.get("prompt")}
+        return web.json_response({"created": int(time.time()), "data": [item]})
+
+    async def _drawn_file(self, request: web.Request) -> web.Response:
+        return web.Response(body=TINY_PNG, content_type="image/png")
+
+
+def _png_1x1() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+TINY_PNG = _png_1x1()
 
 
 def _usage(messages: list[Any], text: str) -> dict[str, int]:
@@ -215,8 +276,9 @@ def _completion(ident: str, model: str, text: str, messages: list[Any]) -> dict[
     }
 
 
-def _error(status: int, message: str, retry_after: float | None = None) -> web.Response:
-    kind, code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+def _error(status: int, message: str, retry_after: float | None = None, code: str | None = None) -> web.Response:
+    kind, default_code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    code = code or default_code
     payload = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
     return web.Response(

@@ -1,0 +1,139 @@
+"""The command table and the session commands: reset, rollback, switching model or AI, ping."""
+
+from __future__ import annotations
+
+import re
+
+from conversation.job import Handler, Job, failure_text
+from conversation.presets import PresetBook
+from conversation.sessions import SessionSettings
+from core.config import Settings
+from core.errors import LLMError
+from core.message import Image, Message
+from llm.base import ChatModel
+from storage.base import HistoryStore
+
+
+class CommandTable:
+    """Exact command words and `re.fullmatch` patterns, looked up once per triggered message."""
+
+    def __init__(self) -> None:
+        self._words: dict[str, Handler] = {}
+        self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+
+    def add_words(self, words: list[str], handler: Handler) -> None:
+        for word in words:
+            if word.strip():
+                self._words[word.strip()] = handler
+
+    def add_pattern(self, pattern: str, handler: Handler) -> None:
+        """`pattern`'s first group (if any) is the command's argument."""
+        self._patterns.append((re.compile(pattern, re.DOTALL), handler))
+
+    def match(self, text: str) -> tuple[Handler, str] | None:
+        """The handler and its argument for `text`, or None when it is not a command."""
+        handler = self._words.get(text)
+        if handler is not None:
+            return handler, ""
+        for pattern, handler in self._patterns:
+            found = pattern.fullmatch(text)
+            if found:
+                return handler, (found.group(1) if found.groups() else "").strip()
+        return None
+
+
+class SessionCommands:
+    """The built-in commands; each answers with a short text and never reaches the model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: HistoryStore,
+        sessions: SessionSettings,
+        model: ChatModel,
+        presets: PresetBook,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = sessions
+        self.model = model
+        self.presets = presets
+
+    def register(self, table: CommandTable) -> None:
+        trigger = self.settings.trigger
+        table.add_words([*trigger.reset_command, "/reset"], self.reset)
+        table.add_words([*trigger.rollback_command, "/rollback"], self.rollback)
+        table.add_words(trigger.ping_command, self.ping)
+        table.add_pattern(trigger.switch_model, self.switch_model)
+        table.add_pattern(trigger.switch_command, self.switch_account)
+        words = [re.escape(word.strip()) for word in trigger.prefix_image if word.strip()]
+        if words:
+            table.add_pattern(rf"(?:{'|'.join(words)})\s*(\S.*)", self.draw)
+
+    async def draw(self, job: Job, prompt: str) -> str | Message:
+        """A picture from the images API of an account that has `image_model`."""
+        try:
+            image = await self.model.draw(prompt)
+        except LLMError as exc:
+            kind = getattr(exc, "kind", "server")
+            if kind == "unsupported":
+                return self.settings.response.drawing_unavailable
+            return failure_text(self.settings.response.error_format, kind)
+        return (Image(url=image.url) if image.url else Image(base64=image.base64),)
+
+    async def reset(self, job: Job, _: str) -> str:
+        await self.store.reset(job.session_key)
+        return self.settings.response.reset
+
+    async def rollback(self, job: Job, _: str) -> str:
+        response = self.settings.response
+        if await self.store.rollback(job.session_key):
+            return response.rollback_success
+        reset_word = self.settings.trigger.reset_command[0] if self.settings.trigger.reset_command else "/reset"
+        return response.rollback_fail.replace("{reset}", reset_word)
+
+    async def ping(self, job: Job, _: str) -> str:
+        state = await self.sessions.get(job.session_key)
+        accounts = [name for name, _, _ in self.model.accounts()]
+        account = state.account or f"自动（轮流使用 {', '.join(accounts)}）"
+        model = state.model or self.model.default_model(state.account) or "各账号的默认模型"
+        preset = state.preset or "default"
+        return _fill(self.settings.response.ping_response, account=account, model=model, preset=preset)
+
+    def allowed_models(self) -> list[str]:
+        """What non-admins may switch to: `allowed_models`, else every model an account names."""
+        if self.settings.trigger.allowed_models:
+            return list(self.settings.trigger.allowed_models)
+        found: dict[str, None] = {}
+        for _, default, others in self.model.accounts():
+            found.update(dict.fromkeys((default, *others)))
+        return list(found)
+
+    async def switch_model(self, job: Job, model: str) -> str:
+        response = self.settings.response
+        allowed = self.allowed_models()
+        if not model or (not job.admin and model not in allowed):
+            return _fill(response.model_not_allowed, model=model, models="、".join(allowed))
+        # Keep the session's chosen account when it names the model; otherwise one that does (or any).
+        state = await self.sessions.get(job.session_key)
+        served = {name: (default, *others) for name, default, others in self.model.accounts()}
+        account = state.account if model in served.get(state.account, ()) else self.model.account_for_model(model)
+        await self.sessions.update(job.session_key, model=model, account=account)
+        return _fill(response.model_switched, model=model)
+
+    async def switch_account(self, job: Job, name: str) -> str:
+        response = self.settings.response
+        if not job.admin and not self.settings.trigger.allow_switching_ai:
+            return response.switching_not_allowed
+        accounts = {account: default for account, default, _ in self.model.accounts()}
+        if name not in accounts:
+            return _fill(response.account_not_found, account=name, accounts="、".join(accounts))
+        await self.sessions.update(job.session_key, account=name, model="")
+        return _fill(response.account_switched, account=name, model=accounts[name])
+
+
+def _fill(template: str, **values: str) -> str:
+    """Replace {name} placeholders without str.format, so other braces in user texts are harmless."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template

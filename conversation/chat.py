@@ -104,9 +104,9 @@ class ChatFlow:
             if attempt == 2 or not history:
                 await self.send(job, failure_text(self.settings.response.error_format, failure), True)
                 return
-            # The model's context is smaller than the budget assumed: once more with half the history.
+            # The model's context is smaller than the budget assumed: once more with half the history sent.
             self.log.warning("session {} exceeded the model's context; retrying with a smaller window", job.session_key)
-            budget //= 2
+            budget = sum(turn.tokens for turn in history) // 2
 
     async def _ask(
         self,

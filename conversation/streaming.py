@@ -211,7 +211,11 @@ class _Splitter:
 
     def finish(self) -> list[str]:
         """Everything left, which always fits in one part."""
-        part = self._take_all().strip()
+        reopened = self._reopened
+        text = self._take_all()
+        if reopened and not text.partition("\n")[2].strip():
+            return []  # a block re-opened by a cut that got no more code: nothing to show
+        part = text.strip()
         return [part] if part else []
 
     def _end_line(self, out: list[str]) -> None:

@@ -199,6 +199,7 @@ class _Splitter:
                     self._partial.append(chunk[i : i + take])
                     self._size += take
                     i += take
+                # A newline that would overflow waits until after the cut, as it would arriving on its own.
                 if i == newline < len(chunk) and self._size <= self._limit:
                     i += 1
                     self._size += 1

@@ -258,6 +258,13 @@ def test_a_backtick_run_with_backticks_after_it_is_not_a_fence() -> None:
     assert stream([text], limit=1000, min_chars=20) == ["```inline``` code\n\n" + "p" * 30, "q" * 30]
 
 
+def test_a_block_cut_just_before_its_closing_fence_leaves_no_empty_block() -> None:
+    head = "```\n" + "\n".join(["0123456789"] * 3) + "\n"  # 37 characters
+    text = head + "   ``````\n\nmore"  # the long closing line is still being written when the limit is hit
+    parts = stream(list(text), limit=41, min_chars=0)
+    assert parts == [head + "```", "more"]
+
+
 # --- ParagraphStream: text longer than the limit ---------------------------------------------------
 
 
@@ -324,6 +331,15 @@ def test_a_bare_closing_tag_drops_the_unsent_reasoning_before_it() -> None:
     parts += splitter.finish()
     assert parts == ["X it is."]
     assert splitter.text == "X it is."
+
+
+def test_a_bare_closing_tag_after_parts_were_sent_cannot_take_them_back() -> None:
+    splitter = ParagraphStream(1000, min_chars=10)
+    parts = splitter.feed("Thinking out loud here.\n\n")
+    assert parts == ["Thinking out loud here."]
+    parts += splitter.feed("</think>\n\nThe answer.") + splitter.finish()
+    assert parts == ["Thinking out loud here.", "The answer."]
+    assert splitter.text == "Thinking out loud here.\n\n\n\nThe answer."  # stored as it was shown
 
 
 def test_half_a_tag_at_the_end_is_plain_text() -> None:

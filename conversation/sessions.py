@@ -29,7 +29,7 @@ class SessionSettings:
     async def update(self, session_key: str, **fields: str) -> SessionState:
         """Store new settings for the session (kept across restarts). Raises StorageError."""
         await self._store.update_session(session_key, **fields)
-        state = dataclasses.replace(await self.get(session_key), **fields)
+        state = dataclasses.replace(await self.get(session_key), **fields)  # type: ignore[arg-type]
         self._remember(session_key, state)
         return state
 

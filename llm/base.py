@@ -84,6 +84,23 @@ class ChatModel(Protocol):
         """Generate one picture; raises AllAccountsFailed (kind "unsupported" when no account draws)."""
         ...
 
+    @property
+    def vision_available(self) -> bool:
+        """Some usable account accepts images."""
+        ...
+
+    def accounts(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(name, default model, other models) of every usable account."""
+        ...
+
+    def default_model(self, account: str | None) -> str:
+        """The default model of `account` ("" when unknown)."""
+        ...
+
+    def account_for_model(self, model: str) -> str:
+        """A usable account that names `model`, or ""."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the backend may be used again afterwards."""
         ...

@@ -271,7 +271,7 @@ class MiraiAdapter(Adapter):
         if user_id == self.self_id:
             return None
         chat_type = MESSAGE_EVENTS[kind]
-        group = sender.get("group") if isinstance(sender.get("group"), dict) else {}
+        group = _table(sender.get("group"))
         group_id = str(group.get("id", "")) if chat_type in (ChatType.GROUP, ChatType.TEMP) else ""
         decoded = decode_chain(data.get("messageChain"))
         to_me = chat_type is not ChatType.GROUP or any(
@@ -296,7 +296,7 @@ class MiraiAdapter(Adapter):
         )
 
     async def _on_nudge(self, data: dict[str, Any]) -> None:
-        subject = data.get("subject") if isinstance(data.get("subject"), dict) else {}
+        subject = _table(data.get("subject"))
         from_id = str(data.get("fromId", ""))
         if from_id == self.self_id:
             return
@@ -376,3 +376,8 @@ class MiraiAdapter(Adapter):
                 "message": "",
             },
         )
+
+
+def _table(value: object) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (fields may be missing or malformed)."""
+    return value if isinstance(value, dict) else {}

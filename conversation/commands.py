@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+from loguru import logger
+
 from conversation.job import Handler, Job, failure_text
 from conversation.presets import PresetBook
 from conversation.sessions import SessionSettings
-from core.config import Settings
-from core.errors import LLMError
+from core.config import Settings, load_config
+from core.errors import ConfigError, LLMError
 from core.message import Image, Message
 from llm.base import ChatModel
 from storage.base import HistoryStore
@@ -64,6 +66,7 @@ class SessionCommands:
         table.add_words([*trigger.reset_command, "/reset"], self.reset)
         table.add_words([*trigger.rollback_command, "/rollback"], self.rollback)
         table.add_words(trigger.ping_command, self.ping)
+        table.add_words([*trigger.reload_command, "/reload"], self.reload)
         table.add_pattern(trigger.switch_model, self.switch_model)
         table.add_pattern(trigger.switch_command, self.switch_account)
         words = [re.escape(word.strip()) for word in trigger.prefix_image if word.strip()]
@@ -91,6 +94,21 @@ class SessionCommands:
             return response.rollback_success
         reset_word = self.settings.trigger.reset_command[0] if self.settings.trigger.reset_command else "/reset"
         return response.rollback_fail.replace("{reset}", reset_word)
+
+    async def reload(self, job: Job, _: str) -> str:
+        """Admins only: read the config file again and use its `[openai]` accounts."""
+        response = self.settings.response
+        if not job.admin:
+            return response.admin_only
+        try:
+            fresh = load_config(self.settings.path)
+        except ConfigError as exc:
+            return exc.one_line()
+        except OSError as exc:
+            return f"配置文件无法读取 (cannot read the config file): {exc.strerror}"
+        self.model.reload(fresh.openai)
+        logger.bind(adapter="chat").info("model accounts reloaded from {}", self.settings.path)
+        return _fill(response.reloaded, count=str(len(fresh.openai.accounts)))
 
     async def ping(self, job: Job, _: str) -> str:
         state = await self.sessions.get(job.session_key)

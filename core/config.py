@@ -126,6 +126,7 @@ class TriggerSettings(Section):
     switch_model: str = r"切换模型 (.+)"
     switch_command: str = r"切换AI (.+)"
     ping_command: list[str] = Field(default_factory=lambda: ["ping"])
+    reload_command: list[str] = Field(default_factory=lambda: ["重载配置"])
     allowed_models: list[str] = Field(default_factory=list)
     allow_switching_ai: bool = True
 
@@ -177,6 +178,8 @@ class ResponseSettings(Section):
     switching_not_allowed: str = "只有管理员可以切换 AI。"
     drawing_unavailable: str = "没有可以画图的账号，请管理员在账号里设置 image_model。"
     interrupted: str = "（回答中断了：{exc}）"
+    admin_only: str = "只有管理员可以使用这个命令。"
+    reloaded: str = "已重新加载模型账号设置（{count} 个账号）。其他设置重启后生效。"
 
 
 class PresetSettings(Section):

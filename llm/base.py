@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from core.config import OpenAISettings
 from core.errors import LLMError
 
 Role = Literal["system", "user", "assistant"]
@@ -99,6 +100,10 @@ class ChatModel(Protocol):
 
     def account_for_model(self, model: str) -> str:
         """A usable account that names `model`, or ""."""
+        ...
+
+    def reload(self, settings: OpenAISettings) -> None:
+        """Use new account settings (re-enables keys that were rejected)."""
         ...
 
     async def close(self) -> None:

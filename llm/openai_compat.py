@@ -219,7 +219,8 @@ class OpenAICompatible:
     Per account: 5xx is retried with capped backoff (`max_retries`); a 429 cools the account for
     its Retry-After and moves on (waiting in place only when no other account is ready); a
     timeout or refused connection moves on at once when another account is ready; 401/403
-    disables the account until restart; a 400 is the request's fault and fails it at once.
+    disables the account until the settings are reloaded (`reload`) or the bot restarts; a 400 is
+    the request's fault and fails it at once.
     """
 
     def __init__(
@@ -229,11 +230,17 @@ class OpenAICompatible:
         backoff_factory: Callable[[], Backoff] = default_backoff,
         retry_after_cap: float = RETRY_AFTER_CAP,
     ) -> None:
+        self._backoff_factory = backoff_factory
+        self._retry_after_cap = retry_after_cap
+        self._configure(settings)
+        self._retired: list[openai.AsyncOpenAI] = []
+        self._cursor = 0
+        self._draw_cursor = 0
+
+    def _configure(self, settings: OpenAISettings) -> None:
         self._params = settings.gpt_params
         self._attempts = settings.max_retries + 1
         self._image_size = settings.image_size
-        self._backoff_factory = backoff_factory
-        self._retry_after_cap = retry_after_cap
         # the same defaults as core.config.validate fills in, for settings built without it
         self._accounts = [
             _Account(
@@ -248,8 +255,12 @@ class OpenAICompatible:
             )
             for i, account in enumerate(settings.accounts)
         ]
-        self._cursor = 0
-        self._draw_cursor = 0
+
+    def reload(self, settings: OpenAISettings) -> None:
+        """Use new account settings: disabled keys get another chance, cool-downs start over."""
+        # Requests in flight keep using the old clients; they are closed with the backend.
+        self._retired += [a.client for a in self._accounts if a.client is not None]
+        self._configure(settings)
 
     def disabled_accounts(self) -> list[str]:
         """Names of accounts taken out of service (rejected key, unusable proxy or endpoint)."""
@@ -342,7 +353,8 @@ class OpenAICompatible:
 
     async def close(self) -> None:
         """Close every client built so far; later requests build new ones."""
-        clients = [a.client for a in self._accounts if a.client is not None]
+        clients = [a.client for a in self._accounts if a.client is not None] + self._retired
+        self._retired = []
         for account in self._accounts:
             account.client = None
         for client in clients:
@@ -448,7 +460,9 @@ class OpenAICompatible:
             return
         account.disabled = failure.kind
         if failure.kind == "auth":
-            log.error(f"account {account.name} rejected its API key ({failure.short}); disabled until restart")
+            log.error(
+                f"account {account.name} rejected its API key ({failure.short}); disabled until the config is reloaded"
+            )
         else:
             log.error(f"account {account.name}: {failure.detail}; disabled until restart")
 

@@ -244,3 +244,24 @@ async def test_drawing_sends_a_picture(launch: Any, fake_llm: FakeOpenAI) -> Non
 async def test_drawing_without_an_image_account_says_so(launch: Any, fake_llm: FakeOpenAI) -> None:
     bot = await launch()
     assert await bot.say("画一只猫") == ["没有可以画图的账号，请管理员在账号里设置 image_model。"]
+
+
+async def test_rejected_key_stays_disabled_until_the_config_is_reloaded(
+    launch: Any, write_config: Callable[..., Path], fake_llm: FakeOpenAI, log_lines: list[str]
+) -> None:
+    fake_llm.fail_key("sk-expired")
+    config = write_config(
+        accounts(fake_llm, {"name": "main", "api_key": "sk-expired", "model": "m1"}) | {"mirai": {"manager_qq": ADMIN}}
+    )
+    bot = await launch(config=config)
+    [reply] = await bot.say("你好")
+    assert "模型账号验证失败" in reply
+    assert any("account main rejected its API key" in line for line in log_lines)
+    assert not any("sk-expired" in line for line in log_lines)
+    [reply] = await bot.say("还在吗")  # no second request with the bad key
+    assert "模型账号验证失败" in reply and len(fake_llm.requests) == 1
+    config.write_text(config.read_text(encoding="utf-8").replace("sk-expired", "sk-renewed"), encoding="utf-8")
+    assert await bot.say("重载配置") == ["只有管理员可以使用这个命令。"]
+    assert await bot.say("重载配置", user=ADMIN) == ["已重新加载模型账号设置（1 个账号）。其他设置重启后生效。"]
+    assert await bot.say("现在呢") == ["echo: 现在呢"]
+    assert fake_llm.authorizations()[-1] == "sk-renewed"

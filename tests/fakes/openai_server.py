@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import struct
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.image_server import tiny_png
 
 ReplyFn = Callable[[dict[str, Any]], str]
 
@@ -238,16 +238,7 @@ class FakeOpenAI:
         return web.Response(body=TINY_PNG, content_type="image/png")
 
 
-def _png_1x1() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-TINY_PNG = _png_1x1()
+TINY_PNG = tiny_png()
 
 
 def _usage(messages: list[Any], text: str) -> dict[str, int]:

@@ -66,6 +66,7 @@ class Adapter(ABC):
         self._link_ready = asyncio.Event()
         # Who may run admin commands on this link: the section's manager ids (`manager_qq`, ...).
         self.managers: frozenset[str] = frozenset(getattr(settings, "manager_qq", ()) or ())
+        self.nickname = ""  # the bot's name on the platform, once the adapter has learned it
 
     @property
     def connected(self) -> bool:

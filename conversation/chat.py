@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from loguru import logger
 
 from conversation.job import FAILURE_REASONS, Job, failure_text
+from conversation.moderation import WordFilter
 from conversation.presets import PresetBook
 from conversation.sessions import SessionSettings
 from conversation.streaming import ParagraphStream
@@ -40,6 +41,7 @@ class ChatFlow:
         images: ImageFetcher,
         send: Sender,
         text_limit: Callable[[Job], int],
+        words: WordFilter,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -49,6 +51,7 @@ class ChatFlow:
         self.images = images
         self.send = send
         self.text_limit = text_limit
+        self.words = words
         self.log = logger.bind(adapter="chat")
         params = settings.openai.gpt_params
         budget = params.max_tokens - params.min_tokens  # v2: the context minus room kept for the reply
@@ -81,6 +84,12 @@ class ChatFlow:
     async def answer(self, job: Job) -> None:
         """Ask the model and send its answer; on failure tell the user briefly and store nothing."""
         state = await self.sessions.get(job.session_key)
+        idle_limit = self.settings.system.auto_reset_timeout_seconds
+        if idle_limit and state.updated_at and time.time() - state.updated_at > idle_limit:
+            # A long-idle conversation starts afresh; its preset, model and account stay.
+            await self.store.reset(job.session_key)
+            self.sessions.touched(job.session_key, time.time())
+            self.log.info("session {} was idle for over {}s: new conversation", job.session_key, idle_limit)
         preset = self.presets.turns(state.preset)
         user_text = self.user_text(job)
         images: tuple[str, ...] = ()
@@ -91,7 +100,9 @@ class ChatFlow:
 
         async def save(text: str) -> None:
             try:
-                await self.store.append_exchange(job.session_key, user_text, text)
+                now = time.time()
+                await self.store.append_exchange(job.session_key, user_text, text, now=now)
+                self.sessions.touched(job.session_key, now)
             except StorageError:
                 self.log.error("the answer to session {} could not be saved; sending it anyway", job.session_key)
 
@@ -161,9 +172,18 @@ class ChatFlow:
         if not text:  # only reasoning, or only whitespace
             await self.send(job, failure_text(response.error_format, "server"), True)
             return "server"
-        await save(text)
+        if outbox.refused or (self.refusing and self.words.found(text)):
+            self.log.info("session {}: the answer contained a blocked word and was withheld", job.session_key)
+            await self.send(job, self.settings.moderation.output_message, not outbox.sent)
+            return "moderated"
+        await save(self.words.mask(text))
         await outbox.add(last_parts, final=True)
         return None
+
+    @property
+    def refusing(self) -> bool:
+        """Blocked words in an answer withhold it (rather than masking the words)."""
+        return self.settings.moderation.output_mode == "refuse"
 
 
 class _Outbox:
@@ -179,10 +199,17 @@ class _Outbox:
         self.delay = delay
         self.pending: list[str] = []
         self.sent = 0
+        self.refused = False
         self.started = time.monotonic()
 
     async def add(self, parts: list[str], final: bool = False) -> None:
-        self.pending.extend(parts)
+        if self.refused:
+            return
+        words = self.flow.words
+        if self.flow.refusing and any(words.found(part) for part in parts):
+            self.refused = True  # nothing more of this answer goes out
+            return
+        self.pending.extend(words.mask(part) for part in parts)
         if not self.pending or not (final or time.monotonic() - self.started >= self.delay):
             return
         limit = self.flow.text_limit(self.job)

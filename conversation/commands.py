@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -16,31 +17,41 @@ from llm.base import ChatModel
 from storage.base import HistoryStore
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A matched command: its handler, its argument, and whether only managers may run it."""
+
+    handler: Handler
+    argument: str = ""
+    admin_only: bool = False
+
+
 class CommandTable:
     """Exact command words and `re.fullmatch` patterns, looked up once per triggered message."""
 
     def __init__(self) -> None:
-        self._words: dict[str, Handler] = {}
-        self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+        self._words: dict[str, tuple[Handler, bool]] = {}
+        self._patterns: list[tuple[re.Pattern[str], Handler, bool]] = []
 
-    def add_words(self, words: list[str], handler: Handler) -> None:
+    def add_words(self, words: list[str], handler: Handler, admin_only: bool = False) -> None:
         for word in words:
             if word.strip():
-                self._words[word.strip()] = handler
+                self._words[word.strip()] = (handler, admin_only)
 
-    def add_pattern(self, pattern: str, handler: Handler) -> None:
-        """`pattern`'s first group (if any) is the command's argument."""
-        self._patterns.append((re.compile(pattern, re.DOTALL), handler))
+    def add_pattern(self, pattern: str, handler: Handler, admin_only: bool = False) -> None:
+        """`pattern`'s groups are the command's argument (joined by a space when there are several)."""
+        self._patterns.append((re.compile(pattern, re.DOTALL), handler, admin_only))
 
-    def match(self, text: str) -> tuple[Handler, str] | None:
-        """The handler and its argument for `text`, or None when it is not a command."""
-        handler = self._words.get(text)
-        if handler is not None:
-            return handler, ""
-        for pattern, handler in self._patterns:
+    def match(self, text: str) -> Command | None:
+        """The command `text` asks for, or None when it is not one."""
+        found_word = self._words.get(text)
+        if found_word is not None:
+            return Command(found_word[0], "", found_word[1])
+        for pattern, handler, admin_only in self._patterns:
             found = pattern.fullmatch(text)
             if found:
-                return handler, (found.group(1) if found.groups() else "").strip()
+                argument = " ".join(g.strip() for g in found.groups() if g) if found.groups() else ""
+                return Command(handler, argument, admin_only)
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 
 from loguru import logger
@@ -11,6 +12,7 @@ from adapters.base import Adapter
 from conversation.chat import ChatFlow
 from conversation.commands import CommandTable, SessionCommands
 from conversation.job import Job, failure_text
+from conversation.moderation import WordFilter
 from conversation.presets import PresetBook
 from conversation.render import split_text
 from conversation.sessions import SessionSettings
@@ -53,9 +55,14 @@ class ConversationManager:
         self.sessions = SessionSettings(store)
         self.commands = CommandTable()
         SessionCommands(settings, store, self.sessions, model, presets).register(self.commands)
-        self.chat = ChatFlow(settings, store, self.sessions, model, presets, self.images, self._send, self._text_limit)
+        self.words = WordFilter(settings.moderation)
+        self.chat = ChatFlow(
+            settings, store, self.sessions, model, presets, self.images, self._send, self._text_limit, self.words
+        )
         self._queues: dict[str, asyncio.Queue[Job]] = {}
         self._slots = asyncio.Semaphore(settings.conversation.max_concurrency)
+        self._group_slots: dict[str, asyncio.Semaphore] = {}
+        self._busy: set[str] = set()  # sessions whose worker is answering right now
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.tasks = TaskSet("conversation")
         self.log = logger.bind(adapter="chat")
@@ -94,10 +101,14 @@ class ConversationManager:
         if self._is_duplicate(event):
             self.log.debug("dropped a redelivered message {}", event.message_id)
             return
-        prompt = self.triggers.prompt_of(event)
+        adapter = self.adapters.get(event.adapter)
+        prompt = self.triggers.prompt_of(event, adapter.nickname if adapter is not None else "")
         if prompt is None:
             return
+        admin = adapter is not None and event.user_id in adapter.managers
         command = self.commands.match(prompt)
+        if command is not None and command.admin_only and not admin:
+            return  # admin commands get no reaction from anyone else
         if command is None and not prompt and not self.chat.image_urls_in(event):
             return
         key = self.session_key(event)
@@ -105,16 +116,16 @@ class ConversationManager:
         if queue is None:
             queue = self._queues[key] = asyncio.Queue()
             self.tasks.spawn(self._work(key, queue), name=f"session {key}")
-        limit = self.settings.response.max_queue_size
-        if limit and queue.qsize() >= limit:
-            self.tasks.spawn(self._reply(event, self.settings.response.queue_full), name="queue-full")
+        response = self.settings.response
+        if response.max_queue_size and queue.qsize() >= response.max_queue_size:
+            self.tasks.spawn(self._reply(event, response.queue_full), name="queue-full")
             return
-        handler, argument = command if command is not None else (None, "")
-        queue.put_nowait(Job(event, prompt, key, self._is_admin(event), handler, argument))
-
-    def _is_admin(self, event: MessageEvent) -> bool:
-        adapter = self.adapters.get(event.adapter)
-        return adapter is not None and event.user_id in adapter.managers
+        handler, argument = (command.handler, command.argument) if command is not None else (None, "")
+        queue.put_nowait(Job(event, prompt, key, admin, handler, argument))
+        ahead = queue.qsize() - 1 + (key in self._busy)
+        if response.queued_notice_size and ahead >= response.queued_notice_size:
+            notice = response.queued_notice.replace("{queue_size}", str(ahead))
+            self.tasks.spawn(self._reply(event, notice), name="queued-notice")
 
     def _text_limit(self, job: Job) -> int:
         adapter = self.adapters.get(job.event.adapter)
@@ -132,23 +143,36 @@ class ConversationManager:
                     del self._queues[key]
                     return
                 continue
+            self._busy.add(key)
             try:
                 await self._process(job)
             except Exception:
                 self.log.exception("failed to answer a message in session {}", key)
             finally:
+                self._busy.discard(key)
                 queue.task_done()
 
     async def _process(self, job: Job) -> None:
         try:
             if job.command is not None:
                 await self._reply(job.event, await job.command(job, job.argument))
+            elif self.words.found(job.prompt):
+                await self._reply(job.event, self.settings.moderation.input_message)
             else:
-                async with self._slots:
+                # A busy group gets at most group_concurrency of the global slots at a time.
+                async with self._group_slot(job.event.group_id), self._slots:
                     await self.chat.answer(job)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
             await self._reply(job.event, failure_text(self.settings.response.error_format, "storage"))
+
+    def _group_slot(self, group_id: str) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        if not group_id:
+            return contextlib.nullcontext()
+        slot = self._group_slots.get(group_id)
+        if slot is None:
+            slot = self._group_slots[group_id] = asyncio.Semaphore(self.settings.conversation.group_concurrency)
+        return slot
 
     async def _send(self, job: Job, content: str | Message, quote: bool) -> None:
         await self._reply(job.event, content, quote)

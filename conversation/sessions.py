@@ -33,6 +33,12 @@ class SessionSettings:
         self._remember(session_key, state)
         return state
 
+    def touched(self, session_key: str, at: float) -> None:
+        """Note activity the store already recorded (an appended exchange) in the cached settings."""
+        state = self._cache.get(session_key)
+        if state is not None:
+            self._cache[session_key] = dataclasses.replace(state, updated_at=at)
+
     def _remember(self, session_key: str, state: SessionState) -> None:
         self._cache[session_key] = state
         self._cache.move_to_end(session_key)

@@ -25,13 +25,20 @@ class TriggerRules:
         self.group_prefixes = _longest_first(settings.prefix + settings.prefix_group)
         self.ignore = [re.compile(pattern) for pattern in settings.ignore_regex]
 
-    def prompt_of(self, event: MessageEvent) -> str | None:
-        """The user's text with mention and prefix removed, or None when the bot should not answer."""
+    def prompt_of(self, event: MessageEvent, nickname: str = "") -> str | None:
+        """The user's text with mention and prefix removed, or None when the bot should not answer.
+
+        `nickname` is the bot's name on the platform: with `require_mention = "mention"` a group
+        message that starts with it counts as a mention.
+        """
         text = describe(strip_mentions(event.message, event.self_id)).strip()
         if any(pattern.search(text) for pattern in self.ignore):
             return None
         if event.chat_type is ChatType.GROUP:
-            if self.require_mention != "none" and not event.to_me:
+            named = self.require_mention == "mention" and bool(nickname) and text.startswith(nickname)
+            if named:
+                text = text[len(nickname) :].lstrip(" ,，:：、")
+            elif self.require_mention != "none" and not event.to_me:
                 return None
             prefixes = self.group_prefixes
         else:

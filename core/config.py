@@ -127,6 +127,7 @@ class TriggerSettings(Section):
     switch_command: str = r"切换AI (.+)"
     ping_command: list[str] = Field(default_factory=lambda: ["ping"])
     reload_command: list[str] = Field(default_factory=lambda: ["重载配置"])
+    help_command: list[str] = Field(default_factory=lambda: ["帮助"])
     allowed_models: list[str] = Field(default_factory=list)
     allow_switching_ai: bool = True
 
@@ -179,6 +180,20 @@ class ResponseSettings(Section):
     drawing_unavailable: str = "没有可以画图的账号，请管理员在账号里设置 image_model。"
     interrupted: str = "（回答中断了：{exc}）"
     admin_only: str = "只有管理员可以使用这个命令。"
+    queued_notice_size: int = Field(3, ge=0)
+    queued_notice: str = "消息已收到！当前我还有{queue_size}条消息要回复，请您稍等。"
+    mode: Literal["text", "image", "mixed"] = "text"
+    image_threshold: int = Field(800, ge=0)
+    forward_threshold: int = Field(2000, ge=0)
+    font_path: str = ""
+    help_header: str = "你可以使用这些命令："
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _v2_mode(cls, value: Any) -> Any:
+        # chatgpt-mirai-qq-bot v2 spelled these force-text / force-image
+        return {"force-text": "text", "force-image": "image"}.get(value, value)
+
     reloaded: str = "已重新加载模型账号设置（{count} 个账号）。其他设置重启后生效。"
 
 
@@ -194,6 +209,7 @@ class ConversationSettings(Section):
     group_scope: Literal["member", "group"] = "member"
     max_history_tokens: int = Field(0, ge=0)
     max_concurrency: int = Field(16, ge=1)
+    group_concurrency: int = Field(4, ge=1)
 
 
 class SystemSettings(Section):
@@ -202,6 +218,28 @@ class SystemSettings(Section):
     reply_temp: bool = False
     accept_friend_request: bool = False
     accept_group_invite: bool = False
+    auto_reset_timeout_seconds: int = Field(28800, ge=0)
+
+
+class RatelimitSettings(Section):
+    """`[ratelimit]`: the texts around hourly limits (the limits themselves are set by admin commands)."""
+
+    warning_rate: float = Field(0.8, ge=0, le=1)
+    warning_msg: str = (
+        "\n\n警告：额度即将耗尽！\n目前已发送：{usage}条消息，最大限制为{limit}条消息/小时，请调整您的节奏。"
+        "\n额度限制整点重置，当前服务器时间：{current_time}"
+    )
+    exceed: str = "已达到额度限制，请等待下一小时继续和我对话。"
+
+
+class ModerationSettings(Section):
+    """`[moderation]`: a local blocked-word list for what users send and what the model answers."""
+
+    words: list[str] = Field(default_factory=list)
+    words_file: str = ""
+    input_message: str = "你的消息包含不允许的内容，换个说法吧。"
+    output_mode: Literal["mask", "refuse"] = "mask"
+    output_message: str = "这个回答包含不允许的内容，已被拦截。"
 
 
 class LogSettings(Section):
@@ -229,6 +267,8 @@ class Settings(Section):
     presets: PresetSettings = Field(default_factory=PresetSettings)
     conversation: ConversationSettings = Field(default_factory=ConversationSettings)
     system: SystemSettings = Field(default_factory=SystemSettings)
+    ratelimit: RatelimitSettings = Field(default_factory=RatelimitSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     path: Path = Path("config.toml")
     warnings: list[str] = Field(default_factory=list)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
 
+import storage.admin  # noqa: F401  (registers the admin tables on Base before create_all)
 from core.errors import StorageError
 from core.tokens import estimate_tokens
 from storage.base import (

@@ -222,6 +222,7 @@ class MiraiAdapter(Adapter):
                 await old.close()
             self.log.info("verified with mirai-api-http; bot qq {} is online", self.self_id)
             self._link_up()
+            self.tasks.spawn(self._learn_nickname(), name=f"{self.instance}-profile")
             return
         reason = VERIFY_FAILURES.get(code, "verify failed: code {code} {msg}") if isinstance(code, int) else ""
         reason = (reason or "verify failed: {msg}").format(qq=self.self_id, code=code, msg=data.get("msg", ""))
@@ -229,6 +230,17 @@ class MiraiAdapter(Adapter):
         # mirai-api-http keeps the socket open after a refusal; ask again later in case the bot
         # account logs in meanwhile, without flooding the log.
         self.tasks.spawn(self._retry_verify(ws), name=f"{self.instance}-reverify")
+
+    async def _learn_nickname(self) -> None:
+        """The bot's own name, for `require_mention = "mention"` (a message starting with it)."""
+        try:
+            profile = await self.call("botProfile", {})
+        except AdapterError as exc:
+            self.log.debug("botProfile failed: {}", exc)
+            return
+        nickname = profile.get("nickname")
+        if isinstance(nickname, str) and nickname.strip():
+            self.nickname = nickname.strip()
 
     async def _retry_verify(self, ws: web.WebSocketResponse, delay: float = 30.0) -> None:
         await asyncio.sleep(delay)

@@ -27,6 +27,7 @@ class FakeMirai:
         self.verify_frames: list[dict[str, Any]] = []
         self.verified = asyncio.Event()
         self.command_code = 0
+        self.nickname = "小助手"
         self._message_ids = itertools.count(1000)
         self._changed = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
@@ -61,6 +62,10 @@ class FakeMirai:
             reply: dict[str, Any] = {"code": self.command_code, "msg": "success" if self.command_code == 0 else "error"}
             if frame.get("command", "").startswith("send"):
                 reply["messageId"] = next(self._message_ids)
+            if frame.get("command") == "botProfile":
+                # answered like mirai-api-http (the profile itself, no code) and not recorded as a reply
+                await ws.send_str(json.dumps({"syncId": frame["syncId"], "data": {"nickname": self.nickname}}))
+                continue
             async with self._changed:
                 self.commands.append(frame)
                 self._changed.notify_all()

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -35,26 +36,78 @@ class App:
         from conversation.manager import ConversationManager
         from conversation.presets import PresetBook
         from llm.openai_compat import OpenAICompatible
+        from storage.admin import AdminStore
         from storage.store import SqlHistoryStore
 
         settings = self.settings
         self.store = await SqlHistoryStore.open(settings.database.url)
         self._closers.append(("database", self.store.close))
+        self.admin = AdminStore(self.store.engine)
+        await self.admin.load()
+        self._closers.insert(0, ("admin store", self.admin.close))
         self.model = OpenAICompatible(settings.openai)
         self._closers.append(("model clients", self.model.close))
-        presets = PresetBook(settings.presets.scan_dir)
-        self.manager = ConversationManager(settings, self.store, self.model, presets)
+        self.presets = PresetBook(settings.presets)
+        self.manager = ConversationManager(
+            settings, self.store, self.model, self.presets, self.admin, reload=self.reload
+        )
         self._closers.insert(0, ("conversations", self.manager.stop))
-        sections = [("console", None)] if self.console else settings.platforms()
+        self.manager.adapters = self.adapters
+        for instance, (name, section) in self._platforms(settings).items():
+            await self._start_adapter(instance, name, section)
+
+    def _platforms(self, settings: Settings) -> dict[str, tuple[str, Any]]:
+        """instance name -> (adapter name, its config section), e.g. "mirai", "mirai#2"."""
+        sections: list[tuple[str, Any]] = [("console", None)] if self.console else settings.platforms()
         counts: dict[str, int] = {}
+        found: dict[str, tuple[str, Any]] = {}
         for name, section in sections:
             counts[name] = counts.get(name, 0) + 1
-            instance = name if counts[name] == 1 else f"{name}#{counts[name]}"
-            adapter = adapter_class(name)(instance, section, self.manager.handle)
-            self.adapters[instance] = adapter
-        self.manager.adapters = self.adapters
-        for adapter in self.adapters.values():
-            await adapter.start()
+            found[name if counts[name] == 1 else f"{name}#{counts[name]}"] = (name, section)
+        return found
+
+    async def _start_adapter(self, instance: str, name: str, section: Any) -> None:
+        adapter = adapter_class(name)(instance, section, self.manager.handle)
+        self.adapters[instance] = adapter
+        await adapter.start()
+
+    async def reload(self) -> str:
+        """Read the config file again and use it everywhere; on any error keep the running config."""
+        try:
+            fresh = load_config(self.settings.path)
+        except ConfigError as exc:
+            return f"配置文件有误，仍在使用原来的配置。{exc.one_line()}"
+        except OSError as exc:
+            return f"配置文件无法读取，仍在使用原来的配置：{exc.strerror}"
+        if not self.console and not fresh.platforms():
+            return "新配置没有启用任何聊天平台，仍在使用原来的配置。"
+        notes: list[str] = []
+        if fresh.database.url != self.settings.database.url:
+            notes.append("数据库地址的修改要重启后才生效。")
+        for warning in fresh.warnings:
+            logger.warning(warning)
+        old_platforms, new_platforms = self._platforms(self.settings), self._platforms(fresh)
+        self.settings = fresh
+        setup_logging(fresh.log.level, fresh.log.file, fresh.log.rotation, fresh.log.retention)
+        self.model.reload(fresh.openai)
+        self.presets.reload(fresh.presets)
+        self.manager.apply(fresh)
+        for instance, (name, section) in new_platforms.items():
+            old = old_platforms.get(instance)
+            if old is not None and old == (name, section):
+                continue
+            if instance in self.adapters:
+                await self._stop_adapter(self.adapters.pop(instance))
+            try:
+                await self._start_adapter(instance, name, section)
+            except BotError as exc:
+                self.adapters.pop(instance, None)
+                notes.append(f"{instance} 启动失败：{exc}")
+        for instance in old_platforms.keys() - new_platforms.keys():
+            if instance in self.adapters:
+                await self._stop_adapter(self.adapters.pop(instance))
+        logger.info("configuration reloaded from {}", fresh.path)
+        return "配置已重新加载。" + "".join(notes)
 
     async def stop(self) -> None:
         """Close listeners and links first, then abandon in-flight work, then close the database."""

@@ -53,6 +53,7 @@ class Adapter(ABC):
 
     protocol: ClassVar[str] = ""
     max_text_length: ClassVar[int] = 4500
+    supports_forward: ClassVar[bool] = False  # can send merged-forward (合并转发) messages
     outbox_size: ClassVar[int] = 200
     outbox_max_age: ClassVar[float] = 3600.0
 

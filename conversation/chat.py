@@ -24,8 +24,10 @@ from storage.base import HistoryStore
 
 QUOTE_CONTEXT_CHARS = 300
 
-# (event's message or text, quote the user's message?) -> sends it; returns when sent or queued
+# (job, text or message, quote the user's message?) -> sends it; returns when sent or queued
 Sender = Callable[[Job, "str | Message", bool], Awaitable[None]]
+# (job, the parts of a whole answer, quote?) -> sends it as text, a picture or a forward message
+Deliverer = Callable[[Job, list[str], bool], Awaitable[None]]
 
 
 class ChatFlow:
@@ -40,6 +42,7 @@ class ChatFlow:
         presets: PresetBook,
         images: ImageFetcher,
         send: Sender,
+        deliver: Deliverer,
         text_limit: Callable[[Job], int],
         words: WordFilter,
     ) -> None:
@@ -50,6 +53,7 @@ class ChatFlow:
         self.presets = presets
         self.images = images
         self.send = send
+        self.deliver = deliver
         self.text_limit = text_limit
         self.words = words
         self.log = logger.bind(adapter="chat")
@@ -90,13 +94,13 @@ class ChatFlow:
             await self.store.reset(job.session_key)
             self.sessions.touched(job.session_key, time.time())
             self.log.info("session {} was idle for over {}s: new conversation", job.session_key, idle_limit)
-        preset = self.presets.turns(state.preset)
-        user_text = self.user_text(job)
+        preset = self.presets.preset(state.preset)
+        user_text = preset.format_prompt(self.user_text(job), job.event.sender_name or job.event.user_id)
         images: tuple[str, ...] = ()
         urls = self.image_urls_in(job.event)
         if urls and self.model.vision_available:
             images = tuple(await self.images.fetch_all(urls))
-        budget = self.budget - estimate_tokens(user_text) - self.presets.tokens(state.preset)
+        budget = self.budget - estimate_tokens(user_text) - preset.tokens
 
         async def save(text: str) -> None:
             try:
@@ -108,7 +112,11 @@ class ChatFlow:
 
         for attempt in (1, 2):
             history = await self.store.window(job.session_key, max(0, budget))
-            turns = [*preset, *(ChatTurn(t.role, t.content) for t in history), ChatTurn("user", user_text, images)]  # type: ignore[arg-type]
+            turns = [
+                *preset.dated_turns(),
+                *(ChatTurn(t.role, t.content) for t in history),  # type: ignore[arg-type]
+                ChatTurn("user", user_text, images),
+            ]
             failure = await self._ask(job, turns, state.model or None, state.account or None, save)
             if failure != "context_length":
                 return
@@ -135,7 +143,9 @@ class ChatFlow:
         """
         response = self.settings.response
         stream = ParagraphStream(self.text_limit(job), min_chars=1, strip_think=not response.show_reasoning)
-        outbox = _Outbox(self, job, response.buffer_delay)
+        # Parts go out early only as text; a picture or a forward message needs the whole answer.
+        early = response.buffer_delay if response.mode == "text" else float("inf")
+        outbox = _Outbox(self, job, early)
 
         async def on_delta(piece: str) -> None:
             await outbox.add(stream.feed(piece))
@@ -212,15 +222,19 @@ class _Outbox:
         self.pending.extend(words.mask(part) for part in parts)
         if not self.pending or not (final or time.monotonic() - self.started >= self.delay):
             return
+        if final and not self.sent:
+            await self.flow.deliver(self.job, self.pending, True)
+            self.sent, self.pending = 1, []
+            return
         limit = self.flow.text_limit(self.job)
-        for message in _pack(self.pending, limit):
+        for message in pack(self.pending, limit):
             await self.flow.send(self.job, (Text(message),), self.sent == 0)
             self.sent += 1
         self.pending.clear()
         self.started = time.monotonic()
 
 
-def _pack(parts: list[str], limit: int) -> list[str]:
+def pack(parts: list[str], limit: int) -> list[str]:
     """Join consecutive parts with blank lines as long as each message stays within `limit`."""
     packed: list[str] = []
     for part in parts:

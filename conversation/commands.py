@@ -78,6 +78,12 @@ class SessionCommands:
         table.add_words([*trigger.rollback_command, "/rollback"], self.rollback)
         table.add_words(trigger.ping_command, self.ping)
         table.add_words([*trigger.reload_command, "/reload"], self.reload)
+        table.add_words([*trigger.help_command, "/help"], self.help)
+        table.add_pattern(r"/model (.+)", self.switch_model)
+        presets = self.settings.presets
+        table.add_pattern(presets.command, self.load_preset)
+        table.add_pattern(r"/preset (\S+)", self.load_preset)
+        table.add_words(["预设列表", "/presets"], self.preset_list)
         table.add_pattern(trigger.switch_model, self.switch_model)
         table.add_pattern(trigger.switch_command, self.switch_account)
         words = [re.escape(word.strip()) for word in trigger.prefix_image if word.strip()]
@@ -120,6 +126,48 @@ class SessionCommands:
         self.model.reload(fresh.openai)
         logger.bind(adapter="chat").info("model accounts reloaded from {}", self.settings.path)
         return _fill(response.reloaded, count=str(len(fresh.openai.accounts)))
+
+    async def load_preset(self, job: Job, name: str) -> str:
+        """Start a new conversation with preset `name`; it stays through resets and restarts."""
+        settings = self.settings.presets
+        preset = self.presets.get(name)
+        if preset is None:
+            return _fill(settings.not_found, name=name, presets="、".join(self.presets.names()))
+        await self.store.reset(job.session_key)
+        await self.sessions.update(job.session_key, preset=preset.name)
+        return settings.loaded_successful
+
+    async def preset_list(self, job: Job, _: str) -> str:
+        settings = self.settings.presets
+        if settings.hide and not job.admin:
+            return self.settings.response.admin_only
+        return _fill(settings.list_format, presets="\n".join(self.presets.names()))
+
+    async def help(self, job: Job, _: str) -> str:
+        """The commands this sender may use, one per line."""
+        trigger = self.settings.trigger
+        lines = [
+            f"{trigger.reset_command[0] if trigger.reset_command else '/reset'}：清空当前对话",
+            f"{trigger.rollback_command[0] if trigger.rollback_command else '/rollback'}：撤回上一轮问答",
+            "加载预设 <名称>（/preset）：换一个预设并开始新对话",
+        ]
+        if job.admin or not self.settings.presets.hide:
+            lines.append("预设列表：查看可用的预设")
+        lines.append("切换模型 <模型>（/model）：" + "、".join(self.allowed_models()))
+        if job.admin or trigger.allow_switching_ai:
+            lines.append("切换AI <名称>：" + "、".join(name for name, _, _ in self.model.accounts()))
+        lines.append(f"{trigger.ping_command[0] if trigger.ping_command else 'ping'}：查看当前账号、模型和预设")
+        if trigger.prefix_image:
+            lines.append(f"{trigger.prefix_image[0]} <描述>：画一张图")
+        if job.admin:
+            lines += [
+                "—— 管理员 ——",
+                ".设置 群组|好友|成员 <号码|默认> 额度为 N 条/小时",
+                ".查看 群组|好友|成员 <号码|默认> 的使用情况",
+                ".拉黑 <QQ号|群号>、.拉黑 <QQ号> <群号>、.解除拉黑 …",
+                ".重新加载配置文件、.预设列表、.状态",
+            ]
+        return self.settings.response.help_header + "\n" + "\n".join(lines)
 
     async def ping(self, job: Job, _: str) -> str:
         state = await self.sessions.get(job.session_key)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from adapters.base import Adapter
-from conversation.chat import ChatFlow
+from conversation.admin import AdminCommands
+from conversation.chat import ChatFlow, pack
 from conversation.commands import CommandTable, SessionCommands
 from conversation.job import Job, failure_text
 from conversation.moderation import WordFilter
@@ -20,10 +26,14 @@ from conversation.triggers import TriggerRules
 from core.config import Settings
 from core.errors import BotError, StorageError
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
-from core.message import Message, Text
+from core.message import Forward, ForwardNode, Image, Message, Text
 from core.tasks import TaskSet
 from llm.base import ChatModel
 from llm.images import ImageFetcher
+
+if TYPE_CHECKING:
+    from conversation.render_image import MarkdownRenderer
+from storage.admin import AdminStore, member_target
 from storage.base import HistoryStore
 
 DEDUPE_SIZE = 4096
@@ -43,29 +53,53 @@ class ConversationManager:
         store: HistoryStore,
         model: ChatModel,
         presets: PresetBook,
+        admin: AdminStore,
         images: ImageFetcher | None = None,
+        reload: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
-        self.settings = settings
         self.store = store
         self.model = model
         self.presets = presets
+        self.admin = admin
         self.images = images or ImageFetcher()
+        self._reload = reload or self._no_reload
         self.adapters: dict[str, Adapter] = {}
-        self.triggers = TriggerRules(settings.trigger)
         self.sessions = SessionSettings(store)
-        self.commands = CommandTable()
-        SessionCommands(settings, store, self.sessions, model, presets).register(self.commands)
-        self.words = WordFilter(settings.moderation)
-        self.chat = ChatFlow(
-            settings, store, self.sessions, model, presets, self.images, self._send, self._text_limit, self.words
-        )
+        self.started_at = time.time()
+        self._today = (datetime.date.today(), 0)  # (date, messages answered that day)
+        self._renderer: MarkdownRenderer | None = None
         self._queues: dict[str, asyncio.Queue[Job]] = {}
-        self._slots = asyncio.Semaphore(settings.conversation.max_concurrency)
         self._group_slots: dict[str, asyncio.Semaphore] = {}
         self._busy: set[str] = set()  # sessions whose worker is answering right now
+        self._render_lock = asyncio.Lock()  # one renderer, used by one thread at a time
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.tasks = TaskSet("conversation")
         self.log = logger.bind(adapter="chat")
+        self.apply(settings)
+
+    def apply(self, settings: Settings) -> None:
+        """Use `settings` from now on (at start and on a config reload); queued messages keep going."""
+        self.settings = settings
+        self.triggers = TriggerRules(settings.trigger)
+        self.words = WordFilter(settings.moderation)
+        self.commands = CommandTable()
+        SessionCommands(settings, self.store, self.sessions, self.model, self.presets).register(self.commands)
+        AdminCommands(self.admin, self.presets, self._reload, self.status).register(self.commands)
+        self.chat = ChatFlow(
+            settings,
+            self.store,
+            self.sessions,
+            self.model,
+            self.presets,
+            self.images,
+            self._send,
+            self._deliver,
+            self._text_limit,
+            self.words,
+        )
+        self._renderer = None  # the font may have changed
+        self._slots = asyncio.Semaphore(settings.conversation.max_concurrency)
+        self._group_slots.clear()
 
     async def handle(self, event: Event) -> None:
         """The sink every adapter feeds; returns quickly (work happens in session workers)."""
@@ -97,6 +131,8 @@ class ConversationManager:
 
     def _on_message(self, event: MessageEvent) -> None:
         if event.chat_type in (ChatType.TEMP, ChatType.STRANGER) and not self.settings.system.reply_temp:
+            return
+        if self.admin.is_blocked(event.user_id, event.group_id if event.is_group else ""):
             return
         if self._is_duplicate(event):
             self.log.debug("dropped a redelivered message {}", event.message_id)
@@ -159,12 +195,58 @@ class ConversationManager:
             elif self.words.found(job.prompt):
                 await self._reply(job.event, self.settings.moderation.input_message)
             else:
-                # A busy group gets at most group_concurrency of the global slots at a time.
-                async with self._group_slot(job.event.group_id), self._slots:
-                    await self.chat.answer(job)
+                await self._chat(job)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
             await self._reply(job.event, failure_text(self.settings.response.error_format, "storage"))
+
+    async def _chat(self, job: Job) -> None:
+        """Rate limits first, then the model; a warning follows the answer when the limit is near."""
+        event = job.event
+        if event.is_group:
+            keys = [("group", event.group_id), ("member", member_target(event.group_id, event.user_id))]
+        else:
+            keys = [("user", event.user_id)]
+        check = await self.admin.check(keys)
+        ratelimit = self.settings.ratelimit
+        if not check.allowed:
+            await self._reply(event, ratelimit.exceed)
+            return
+        await self.admin.record(None, *keys)
+        # A busy group gets at most group_concurrency of the global slots at a time.
+        async with self._group_slot(event.group_id), self._slots:
+            await self.chat.answer(job)
+        self._count_answer()
+        if check.limit and check.used + 1 >= ratelimit.warning_rate * check.limit:
+            warning = (
+                ratelimit.warning_msg.replace("{usage}", str(check.used + 1))
+                .replace("{limit}", str(check.limit))
+                .replace("{current_time}", time.strftime("%H:%M"))
+            )
+            await self._reply(event, warning.strip(), quote=False)
+
+    def _count_answer(self) -> None:
+        day, count = self._today
+        today = datetime.date.today()
+        self._today = (today, count + 1 if day == today else 1)
+
+    def status(self) -> str:
+        """Uptime, platform links, queues and today's answers, for `.状态`."""
+        uptime = int(time.time() - self.started_at)
+        links = "、".join(f"{name} {'在线' if a.connected else '离线'}" for name, a in self.adapters.items())
+        queued = sum(q.qsize() for q in self._queues.values())
+        day, count = self._today
+        today = count if day == datetime.date.today() else 0
+        return (
+            f"运行时间：{uptime // 86400} 天 {uptime % 86400 // 3600} 小时 {uptime % 3600 // 60} 分\n"
+            f"平台连接：{links or '无'}\n"
+            f"排队：{queued} 条（{len(self._queues)} 个会话，{len(self._busy)} 个正在回答）\n"
+            f"今日回答：{today} 条"
+        )
+
+    @staticmethod
+    async def _no_reload() -> str:
+        return "此模式下不能重新加载配置。"
 
     def _group_slot(self, group_id: str) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         if not group_id:
@@ -176,6 +258,44 @@ class ConversationManager:
 
     async def _send(self, job: Job, content: str | Message, quote: bool) -> None:
         await self._reply(job.event, content, quote)
+
+    async def _deliver(self, job: Job, parts: list[str], quote: bool) -> None:
+        """A whole answer: a picture (`mode` image, or mixed and long), a forward message when it is
+        very long and the platform has them, else text messages."""
+        response = self.settings.response
+        event = job.event
+        adapter = self.adapters.get(event.adapter)
+        text = "\n\n".join(parts)
+        if response.mode == "image" or (response.mode == "mixed" and len(text) > response.image_threshold):
+            png = await self._render(text)
+            if png is not None:
+                await self._reply(event, (Image(base64=base64.b64encode(png).decode()),), quote)
+                return
+        limit = adapter.max_text_length if adapter is not None else 4500
+        messages = pack(parts, limit)
+        too_long = response.forward_threshold and len(text) > response.forward_threshold
+        if too_long and adapter is not None and adapter.supports_forward:
+            name = adapter.nickname or "ChatGPT"
+            nodes = tuple(ForwardNode(event.self_id, name, (Text(m),), int(time.time())) for m in messages)
+            await self._reply(event, (Forward(nodes=nodes),), quote)
+            return
+        for message in messages:
+            await self._reply(event, message, quote)
+            quote = False
+
+    async def _render(self, text: str) -> bytes | None:
+        """The answer as a PNG (rendered in a worker thread), or None when rendering failed."""
+        try:
+            if self._renderer is None:
+                from conversation.render_image import MarkdownRenderer  # Pillow loads only when used
+
+                self._renderer = MarkdownRenderer(self.settings.response.font_path)
+            renderer = self._renderer
+            async with self._render_lock:
+                return await asyncio.to_thread(renderer.render, text)
+        except Exception:
+            self.log.exception("rendering an answer as an image failed; sending text")
+            return None
 
     async def _reply(self, event: MessageEvent, content: str | Message, quote: bool = True) -> None:
         """Send text (split to the platform's size) or a message where `event` came from.

@@ -1,4 +1,4 @@
-"""Preset prompts in chatgpt-mirai-qq-bot v2's file format: the turns a chat starts with, and a user-message template."""
+"""Preset prompts in chatgpt-mirai-qq-bot v2's file format: the turns a chat starts with and a user-message template."""
 
 from __future__ import annotations
 
@@ -194,38 +194,38 @@ def _load(settings: PresetSettings) -> tuple[dict[str, Preset], dict[str, str]]:
     elif not settings.keywords:
         logger.warning("预设目录 {} 不存在 (preset folder not found); 不使用预设", scan_dir)
 
-    aliases: dict[str, str] = {}
-    by_name: dict[str, str] = {}
+    wanted: dict[str, str] = {}  # alias → preset name or another alias, as configured
     for alias, target in settings.keywords.items():
-        path = _find_file(target, scan_dir)
-        if path is None:
-            by_name[alias] = target
+        found = _find_file(target, scan_dir)
+        if found is None:
+            if alias != target:
+                wanted[alias] = target
             continue
-        known = by_path.get(path.resolve())
+        known = by_path.get(found.resolve())
         if known is not None:
             if known != alias:
-                aliases[alias] = known
+                wanted[alias] = known
             continue
-        preset = _load_file(path, alias)
+        preset = _load_file(found, alias)
         if preset is not None:
             # As in v2, a keyword wins over a scanned file of the same name.
+            by_path = {p: n for p, n in by_path.items() if n != alias}
             presets[alias] = preset
-            by_path[path.resolve()] = alias
+            by_path[found.resolve()] = alias
 
-    # Aliases of aliases resolve in any order; whatever is left points nowhere.
-    while by_name:
-        resolved = {a: t for a, t in by_name.items() if t in presets or t in aliases}
-        if not resolved:
-            break
-        for alias, target in resolved.items():
-            aliases[alias] = aliases.get(target, target)
-            del by_name[alias]
-    for alias, target in by_name.items():
-        logger.warning("预设别名 {} → {}：找不到这个文件或预设 (no such file or preset)", alias, target)
-    for alias, target in list(aliases.items()):
-        if alias == target:
-            del aliases[alias]
-        elif alias in presets:
+    aliases: dict[str, str] = {}
+    for alias in wanted:
+        # Aliases of aliases are followed to the preset; `seen` stops a loop such as a → b → a.
+        target, seen = alias, set[str]()
+        while target in wanted and target not in seen:
+            seen.add(target)
+            target = wanted[target]
+        if target in wanted or target not in presets:
+            logger.warning("预设别名 {} → {}：找不到这个文件或预设 (no such file or preset)", alias, wanted[alias])
+            continue
+        aliases[alias] = target
+    for alias, target in aliases.items():
+        if alias in presets:
             # The configured alias wins; listing the file too would show two presets of one name.
             logger.info("预设 {} 被别名 {} → {} 覆盖 (preset hidden by alias)", presets[alias].path, alias, target)
             del presets[alias]

@@ -198,9 +198,22 @@ class ResponseSettings(Section):
 
 
 class PresetSettings(Section):
-    """`[presets]`."""
+    """`[presets]`: preset files, their aliases (v2's `keywords`) and the texts of the preset commands."""
 
     scan_dir: str = "./presets"
+    command: str = r"加载预设 (\w+)"
+    keywords: dict[str, str] = Field(default_factory=dict)  # alias → preset file path, or alias → preset name
+    loaded_successful: str = "预设加载成功！"
+    hide: bool = False
+    default: str = "default"
+    list_format: str = "当前可用的预设：\n{presets}"
+    not_found: str = "没有找到预设 {name}。可用的预设：{presets}"
+
+    @field_validator("command")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        _compiles(value)
+        return value
 
 
 class ConversationSettings(Section):

@@ -387,15 +387,34 @@ async def test_max_timeout_gives_up_and_keeps_history(write_config: Callable[...
         await app.stop()
 
 
-async def test_long_reply_is_split_into_parts(bot: RunningBot, fake_llm: FakeOpenAI) -> None:
+async def test_long_reply_is_split_into_parts(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
+    paragraphs = [f"第{i}段" + "字" * 995 for i in range(6)]
+    fake_llm.reply_fn = lambda body: "\n\n".join(paragraphs)
+    app = await start_bot(write_config({"response": {"forward_threshold": 0}}))
+    mirai = FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ)
+    try:
+        await mirai.connect()
+        await mirai.push(group_message(30001, 20001, "写长文", 1, at=BOT_QQ))
+        await asyncio.sleep(0.5)
+        parts = [sent_text(c) for c in await mirai.wait_commands(2)]
+        assert all(len(p) <= 4500 for p in parts)
+        assert "\n\n".join(parts) == "\n\n".join(paragraphs)
+        assert "quote" in mirai.commands[0]["content"] and "quote" not in mirai.commands[1]["content"]
+    finally:
+        await mirai.close()
+        await app.stop()
+
+
+async def test_very_long_reply_becomes_a_forward_message(bot: RunningBot, fake_llm: FakeOpenAI) -> None:
     paragraphs = [f"第{i}段" + "字" * 995 for i in range(6)]
     fake_llm.reply_fn = lambda body: "\n\n".join(paragraphs)
     await bot.mirai.push(group_message(30001, 20001, "写长文", 1, at=BOT_QQ))
-    await asyncio.sleep(0.5)
-    parts = [sent_text(c) for c in await bot.mirai.wait_commands(2)]
-    assert all(len(p) <= 4500 for p in parts)
-    assert "\n\n".join(parts) == "\n\n".join(paragraphs)
-    assert "quote" in bot.mirai.commands[0]["content"] and "quote" not in bot.mirai.commands[1]["content"]
+    [command] = await bot.mirai.wait_commands(1)
+    [forward] = command["content"]["messageChain"]
+    assert forward["type"] == "Forward" and command["content"]["quote"] == 1
+    texts = ["".join(e["text"] for e in node["messageChain"]) for node in forward["nodeList"]]
+    assert "\n\n".join(texts) == "\n\n".join(paragraphs)
+    assert all(node["senderId"] == BOT_QQ and node["senderName"] == "小助手" for node in forward["nodeList"])
 
 
 async def test_friend_request_accepted_only_when_configured(

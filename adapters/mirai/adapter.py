@@ -63,6 +63,7 @@ class MiraiAdapter(Adapter):
 
     protocol = "mirai"
     max_text_length = 4500
+    supports_forward = True
 
     def __init__(self, instance: str, settings: MiraiSettings, sink: EventSink) -> None:
         super().__init__(instance, settings, sink)

@@ -1,0 +1,89 @@
+"""Managers' commands in chatgpt-mirai-qq-bot v2's syntax: limits, usage, blacklist, reload, status."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from conversation.commands import CommandTable
+from conversation.job import Job
+from conversation.presets import PresetBook
+from storage.admin import AdminStore
+
+SCOPES = {"好友": "user", "群组": "group", "成员": "member"}
+DEFAULT_WORDS = ("默认", "default")
+
+
+class AdminCommands:
+    """Commands only managers may run (others get no reaction: the table marks them admin-only)."""
+
+    def __init__(
+        self,
+        store: AdminStore,
+        presets: PresetBook,
+        reload: Callable[[], Awaitable[str]],
+        status: Callable[[], str],
+    ) -> None:
+        self.store = store
+        self.presets = presets
+        self.reload_config = reload
+        self.status_text = status
+
+    def register(self, table: CommandTable) -> None:
+        scopes = "|".join(SCOPES)
+        table.add_pattern(rf"\.设置 ?({scopes}) ?(\S+) ?额度为 ?(\d+) ?条/小时", self.set_limit, admin_only=True)
+        table.add_pattern(rf"\.查看 ?({scopes}) ?(\S+) ?的使用情况", self.usage, admin_only=True)
+        table.add_words([".预设列表"], self.preset_list, admin_only=True)
+        table.add_words([".重新加载配置文件"], self.reload, admin_only=True)
+        table.add_pattern(r"\.拉黑 ?(\d+)(?: +(\d+))?", self.block, admin_only=True)
+        table.add_pattern(r"\.解除拉黑 ?(\d+)(?: +(\d+))?", self.unblock, admin_only=True)
+        table.add_words([".状态"], self.status, admin_only=True)
+
+    async def set_limit(self, job: Job, argument: str) -> str:
+        scope_word, target, count = argument.split(" ")
+        target = "default" if target in DEFAULT_WORDS else target
+        await self.store.set_limit(SCOPES[scope_word], target, int(count))
+        who = "默认" if target == "default" else target
+        return f"已设置{scope_word} {who} 的额度为 {count} 条/小时。"
+
+    async def usage(self, job: Job, argument: str) -> str:
+        scope_word, target = argument.split(" ")
+        scope = SCOPES[scope_word]
+        target = "default" if target in DEFAULT_WORDS else target
+        limit = await self.store.limit_for(scope, target)
+        shown = "不限" if limit is None else f"{limit} 条/小时"
+        if target == "default":
+            return f"{scope_word}的默认额度：{shown}。"
+        used = await self.store.count(scope, target)
+        return f"{scope_word} {target} 最近一小时已使用 {used} 条，额度 {shown}。"
+
+    async def preset_list(self, job: Job, _: str) -> str:
+        names = self.presets.names()
+        return "当前可用的预设：\n" + "\n".join(names) if names else "没有可用的预设。"
+
+    async def reload(self, job: Job, _: str) -> str:
+        return await self.reload_config()
+
+    async def block(self, job: Job, argument: str) -> str:
+        return await self._blacklist(argument, block=True)
+
+    async def unblock(self, job: Job, argument: str) -> str:
+        return await self._blacklist(argument, block=False)
+
+    async def _blacklist(self, argument: str, block: bool) -> str:
+        """`<QQ号|群号>` covers both (the number alone cannot say which); `<QQ号> <群号>` one member."""
+        parts = argument.split(" ")
+        if len(parts) == 2:
+            entries = [("member", f"{parts[1]}:{parts[0]}")]
+        else:
+            entries = [("user", parts[0]), ("group", parts[0])]
+        changed = False
+        for scope, target in entries:
+            done = await (self.store.block(scope, target) if block else self.store.unblock(scope, target))
+            changed = changed or done
+        what = f"群 {parts[1]} 中的 {parts[0]}" if len(parts) == 2 else parts[0]
+        if block:
+            return f"已拉黑 {what}。" if changed else f"{what} 已经在黑名单中。"
+        return f"已解除拉黑 {what}。" if changed else f"{what} 不在黑名单中。"
+
+    async def status(self, job: Job, _: str) -> str:
+        return self.status_text()

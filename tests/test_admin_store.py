@@ -1,0 +1,290 @@
+"""AdminStore on a real SQLite file: limits, sliding-window usage, blacklist, persistence, speed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import insert, text
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from core.errors import StorageError
+from storage.admin import AdminStore, RateCheck, member_target, usage
+from storage.store import SqlHistoryStore
+
+NOW = 1_700_000_000.0
+
+
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "bot.sqlite3"
+
+
+@pytest_asyncio.fixture
+async def history(tmp_path: Path) -> AsyncIterator[SqlHistoryStore]:
+    opened = await SqlHistoryStore.open(f"sqlite+aiosqlite:///{db_path(tmp_path)}")
+    yield opened
+    await opened.close()
+
+
+@pytest_asyncio.fixture
+async def admin(history: SqlHistoryStore) -> AsyncIterator[AdminStore]:
+    store = AdminStore(history.engine)
+    await store.load()
+    yield store
+    await store.close()
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+async def test_nothing_set_means_unlimited(admin: AdminStore) -> None:
+    assert await admin.limit_for("user", "42") is None
+    assert await admin.limit_for("group", "7") is None
+    result = await admin.check([("user", "42"), ("group", "7")], now=NOW)
+    assert result == RateCheck(True, "user", "42", 0, None)
+    assert await admin.check([], now=NOW) == RateCheck(True, "", "", 0, None)
+
+
+async def test_default_applies_and_own_limit_overrides(admin: AdminStore) -> None:
+    await admin.set_limit("group", "default", 30)
+    await admin.set_limit("group", "7", 5)
+    assert await admin.limit_for("group", "7") == 5
+    assert await admin.limit_for("group", "8") == 30
+    assert await admin.limit_for("group", "default") == 30
+    assert await admin.limit_for("user", "7") is None  # defaults are per scope
+
+    await admin.set_limit("group", "7", 50)  # replacing is an update, not a second row
+    assert await admin.limit_for("group", "7") == 50
+    assert await admin.clear_limit("group", "7") is True
+    assert await admin.clear_limit("group", "7") is False
+    assert await admin.limit_for("group", "7") == 30  # back to the default
+
+
+async def test_limit_zero_lets_nobody_chat(admin: AdminStore) -> None:
+    await admin.set_limit("user", "default", 0)
+    await admin.set_limit("user", "vip", 10)
+    assert await admin.limit_for("user", "someone") == 0  # 0 is a limit, not "no limit"
+    assert await admin.check([("user", "someone")], now=NOW) == RateCheck(False, "user", "someone", 0, 0)
+    assert (await admin.check([("user", "vip")], now=NOW)).allowed
+
+
+async def test_bad_arguments_raise_value_error(admin: AdminStore) -> None:
+    with pytest.raises(ValueError, match="scope"):
+        await admin.set_limit("friend", "1", 5)
+    with pytest.raises(ValueError, match="scope"):
+        await admin.record(NOW, ("channel", "1"))
+    with pytest.raises(ValueError, match="scope"):
+        await admin.block("everyone", "1")
+    with pytest.raises(ValueError, match="limit"):
+        await admin.set_limit("user", "1", -1)
+    with pytest.raises(ValueError, match="member target"):
+        await admin.block("member", "12345")
+    with pytest.raises(ValueError, match="default"):
+        await admin.record(NOW, ("user", "default"))
+    with pytest.raises(ValueError, match="non-empty"):
+        await admin.count("user", "")
+
+
+# --- usage --------------------------------------------------------------------------------------
+
+
+async def test_sliding_window_is_one_hour(admin: AdminStore) -> None:
+    await admin.record(NOW - 3601, ("user", "1"))
+    await admin.record(NOW - 3599, ("user", "1"))
+    await admin.record(NOW, ("user", "1"))
+    assert await admin.count("user", "1", now=NOW) == 2
+    assert await admin.count("user", "1", now=NOW + 2) == 1  # the -3599 row has left the window
+    assert await admin.count("user", "1", now=NOW, window=7200) == 3
+
+    await admin.set_limit("user", "1", 2)
+    assert await admin.check([("user", "1")], now=NOW) == RateCheck(False, "user", "1", 2, 2)
+    assert await admin.check([("user", "1")], now=NOW + 2) == RateCheck(True, "user", "1", 1, 2)
+
+
+async def test_record_writes_one_row_per_key(admin: AdminStore) -> None:
+    member = member_target("7", "1")
+    await admin.record(NOW, ("user", "1"), ("group", "7"), ("member", member))
+    for scope, target in [("user", "1"), ("group", "7"), ("member", member)]:
+        assert await admin.count(scope, target, now=NOW) == 1
+    await admin.record(NOW)  # no keys: nothing to do
+
+
+async def test_member_usage_is_separate_from_user_usage(admin: AdminStore) -> None:
+    for _ in range(3):
+        await admin.record(NOW, ("user", "1"))  # private chat
+    await admin.record(NOW, ("user", "1"), ("member", "7:1"))  # in group 7
+    await admin.record(NOW, ("member", "8:1"))
+    assert await admin.count("user", "1", now=NOW) == 4
+    assert await admin.count("member", "7:1", now=NOW) == 1
+    assert await admin.count("member", "8:1", now=NOW) == 1
+
+
+async def test_check_reports_the_exceeded_key(admin: AdminStore) -> None:
+    await admin.set_limit("user", "default", 100)
+    await admin.set_limit("group", "default", 100)
+    await admin.set_limit("member", "default", 2)
+    keys = [("user", "1"), ("group", "7"), ("member", "7:1")]
+    for i in range(3):
+        result = await admin.check(keys, now=NOW)
+        if i < 2:
+            assert result.allowed
+            assert (result.scope, result.used, result.limit) == ("member", i, 2)  # closest to its limit
+            await admin.record(NOW, *keys)
+    assert result == RateCheck(False, "member", "7:1", 2, 2)
+    # Same user in another group: that member key is fresh, the shared keys are far from limits.
+    other = await admin.check([("user", "1"), ("group", "8"), ("member", "8:1")], now=NOW)
+    assert other == RateCheck(True, "member", "8:1", 0, 2)
+
+    await admin.set_limit("group", "7", 1)  # now two keys are over: the first in order is reported
+    assert await admin.check(keys, now=NOW) == RateCheck(False, "group", "7", 2, 1)
+
+
+async def test_prune_deletes_only_old_rows(admin: AdminStore) -> None:
+    await admin.record(NOW - 3 * 3600, ("user", "1"), ("group", "7"))
+    await admin.record(NOW - 2 * 3600 - 1, ("user", "1"))
+    await admin.record(NOW - 2 * 3600 + 1, ("user", "1"))
+    await admin.record(NOW - 10, ("user", "1"))
+    assert await admin.prune(now=NOW) == 3
+    assert await admin.count("user", "1", now=NOW, window=10 * 3600) == 2
+    assert await admin.count("group", "7", now=NOW, window=10 * 3600) == 0
+    assert await admin.prune(now=NOW) == 0
+
+
+# --- blacklist ----------------------------------------------------------------------------------
+
+
+async def test_block_and_unblock_users_groups_and_members(admin: AdminStore) -> None:
+    assert not admin.is_blocked("1") and not admin.is_blocked("1", "7")
+
+    assert await admin.block("user", "1") is True
+    assert await admin.block("user", "1") is False
+    assert admin.is_blocked("1") and admin.is_blocked("1", "7")
+    assert not admin.is_blocked("2", "7")
+
+    assert await admin.block("group", "7") is True
+    assert admin.is_blocked("2", "7")  # everyone in group 7
+    assert not admin.is_blocked("2", "8") and not admin.is_blocked("2")
+
+    assert await admin.block("member", member_target("9", "3")) is True
+    assert admin.is_blocked("3", "9")
+    assert not admin.is_blocked("3", "10")  # other groups
+    assert not admin.is_blocked("3")  # private chat
+    assert not admin.is_blocked("4", "9")  # others in that group
+
+    assert await admin.blocked() == frozenset({("user", "1"), ("group", "7"), ("member", "9:3")})
+    assert await admin.unblock("user", "1") is True
+    assert await admin.unblock("user", "1") is False
+    assert not admin.is_blocked("1") and admin.is_blocked("1", "7")  # still inside the blocked group
+    assert await admin.unblock("group", "7") is True
+    assert not admin.is_blocked("1", "7")
+
+
+async def test_is_blocked_requires_load(history: SqlHistoryStore) -> None:
+    store = AdminStore(history.engine)
+    with pytest.raises(RuntimeError, match="load"):
+        store.is_blocked("1")
+    assert await store.block("user", "1") is True  # async methods load by themselves
+    assert store.is_blocked("1")
+
+
+async def test_state_survives_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{db_path(tmp_path)}"
+    history = await SqlHistoryStore.open(url)
+    admin = AdminStore(history.engine)
+    await admin.load()
+    await admin.set_limit("user", "default", 20)
+    await admin.set_limit("group", "7", 3)
+    await admin.block("member", "7:1")
+    await admin.block("group", "9")
+    await admin.record(NOW, ("group", "7"))
+    await admin.close()
+    await history.close()
+
+    history = await SqlHistoryStore.open(url)
+    try:
+        admin = AdminStore(history.engine)
+        await admin.load()
+        assert admin.is_blocked("1", "7") and admin.is_blocked("5", "9") and not admin.is_blocked("1", "8")
+        assert await admin.blocked() == frozenset({("member", "7:1"), ("group", "9")})
+        assert await admin.limit_for("user", "anyone") == 20
+        assert await admin.limit_for("group", "7") == 3
+        assert await admin.count("group", "7", now=NOW) == 1
+    finally:
+        await history.close()
+
+
+# --- failures and cancellation ------------------------------------------------------------------
+
+
+async def test_database_errors_become_storage_errors(admin: AdminStore, history: SqlHistoryStore) -> None:
+    async with history.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE usage"))
+    with pytest.raises(StorageError, match=r"admin store: counting usage failed: no such table: usage$"):
+        await admin.count("user", "1", now=NOW)
+    with pytest.raises(StorageError, match="recording usage"):
+        await admin.record(NOW, ("user", "1"))
+
+
+async def test_cancelled_caller_does_not_cut_a_write_short(admin: AdminStore) -> None:
+    task = asyncio.create_task(admin.record(NOW, ("user", "1")))
+    await asyncio.sleep(0)  # let it start its database work
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await admin.close()  # waits for the shielded write
+    assert await admin.count("user", "1", now=NOW) == 1
+
+
+async def test_admin_writes_interleave_with_history_writes(admin: AdminStore, history: SqlHistoryStore) -> None:
+    # The history store holds its own connection; both write the same file concurrently.
+    await asyncio.gather(
+        *(history.append_exchange("s", f"q{i}", f"r{i}") for i in range(20)),
+        *(admin.record(NOW, ("user", "1")) for _ in range(20)),
+    )
+    assert await admin.count("user", "1", now=NOW) == 20
+    assert len(await history.window("s", 100_000)) == 40
+
+
+# --- index and speed ----------------------------------------------------------------------------
+
+
+async def test_window_counts_use_the_index(admin: AdminStore, history: SqlHistoryStore, tmp_path: Path) -> None:
+    await admin.record(NOW, ("user", "1"))
+    statement = admin._count_statement(3)  # what check() runs for user + group + member
+    compiled = cast(SQLCompiler, statement.compile(dialect=history.engine.dialect))
+    params = {"since": NOW - 3600, "s0": "user", "t0": "1", "s1": "group", "t1": "7", "s2": "member", "t2": "7:1"}
+    args = [params[name] for name in compiled.positiontup or ()]
+    with sqlite3.connect(db_path(tmp_path)) as raw:
+        plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {compiled}", args)]
+    searches = [line for line in plan if "usage" in line]
+    assert len(searches) == 3, plan
+    assert all("USING COVERING INDEX ix_usage_scope_target_at (scope=? AND target=? AND at>?)" in s for s in searches)
+    assert not any(line.startswith("SCAN usage") for line in plan)
+
+
+async def test_check_is_fast_with_10000_usage_rows(admin: AdminStore, history: SqlHistoryStore) -> None:
+    keys = [("user", "1"), ("group", "7"), ("member", "7:1")]
+    rows = [
+        {"scope": scope, "target": target, "at": NOW - 7000 + i * 0.7}  # spread over two hours
+        for i in range(10_000)
+        for scope, target in [keys[i % 3]]
+    ]
+    async with history.engine.begin() as conn:
+        await conn.execute(insert(usage), rows)
+    for scope in ("user", "group", "member"):
+        await admin.set_limit(scope, "default", 100_000)
+
+    result = await admin.check(keys, now=NOW)  # warm the statement cache and the pool
+    assert result.allowed and 1000 < result.used < 4000
+    calls = 50
+    started = time.perf_counter()
+    for _ in range(calls):
+        await admin.check(keys, now=NOW)
+    per_call = (time.perf_counter() - started) / calls
+    assert per_call < 0.005, f"{per_call * 1000:.2f} ms per check"

@@ -321,19 +321,18 @@ class ConversationManager:
             quoted = False
 
     async def _on_request(self, event: RequestEvent) -> None:
+        """Friend requests and group invitations: each accepted or refused by its own `[system]` switch."""
         system = self.settings.system
         approve = system.accept_friend_request if event.kind == "friend" else system.accept_group_invite
-        if not approve:
-            self.log.info("{} request from {} left for the owner to answer", event.kind, event.user_id)
-            return
         adapter = self.adapters.get(event.adapter)
         if adapter is None:
             return
+        verdict = "accepted" if approve else "refused"
         try:
-            await adapter.answer_request(event, approve=True)
-            self.log.info("accepted {} request from {}", event.kind, event.user_id)
+            await adapter.answer_request(event, approve=approve)
+            self.log.info("{} {} request from {}", verdict, event.kind, event.user_id)
         except BotError as exc:
-            self.log.error("could not accept {} request from {}: {}", event.kind, event.user_id, exc)
+            self.log.error("could not answer {} request from {}: {}", event.kind, event.user_id, exc)
 
     async def drain(self) -> None:
         """Wait until every message already queued has been answered."""

@@ -45,7 +45,9 @@ class TriggerRules:
             prefixes = self.friend_prefixes
         for prefix in prefixes:
             if text.startswith(prefix):
-                return text[len(prefix) :].strip()
+                prompt = text[len(prefix) :].strip()
+                # ignore_regex is matched with and without the prefix: "^#" style patterns mean the text
+                return None if any(pattern.search(prompt) for pattern in self.ignore) else prompt
         return None
 
 

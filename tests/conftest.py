@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +24,15 @@ from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
 BOT_QQ = 10001
 VERIFY_KEY = "test-verify-key"
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until `predicate()` is true (checked every 10 ms); fails the test after `timeout` seconds."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def free_port() -> int:

@@ -417,7 +417,7 @@ async def test_very_long_reply_becomes_a_forward_message(bot: RunningBot, fake_l
     assert all(node["senderId"] == BOT_QQ and node["senderName"] == "小助手" for node in forward["nodeList"])
 
 
-async def test_friend_request_accepted_only_when_configured(
+async def test_friend_request_and_invitation_answered_separately(
     write_config: Callable[..., Path], fake_llm: FakeOpenAI
 ) -> None:
     request = {
@@ -429,17 +429,22 @@ async def test_friend_request_accepted_only_when_configured(
         "message": "hi",
     }
     invite = {"type": "BotInvitedJoinGroupRequestEvent", "eventId": 8, "fromId": 20009, "groupId": 30009}
-    app = await start_bot(write_config({"system": {"accept_friend_request": True}}))
+    app = await start_bot(write_config({"system": {"accept_friend_request": True, "accept_group_invite": False}}))
     mirai = FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ)
     try:
         await mirai.connect()
-        await mirai.push(invite)  # accept_group_invite is false: left for the owner
+        await mirai.push(invite)
         await mirai.push(request)
-        [command] = await mirai.wait_commands(1)
-        await asyncio.sleep(0.2)
-        assert len(mirai.commands) == 1
-        assert command["command"] == "resp_newFriendRequestEvent"
-        assert command["content"] == {"eventId": 7, "fromId": 20009, "groupId": 0, "operate": 0, "message": ""}
+        commands = await mirai.wait_commands(2)
+        answers = {c["command"]: c["content"] for c in commands}
+        assert answers["resp_newFriendRequestEvent"] == {
+            "eventId": 7,
+            "fromId": 20009,
+            "groupId": 0,
+            "operate": 0,
+            "message": "",
+        }
+        assert answers["resp_botInvitedJoinGroupRequestEvent"]["operate"] == 1  # refused
     finally:
         await mirai.close()
         await app.stop()

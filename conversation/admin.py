@@ -11,6 +11,7 @@ from storage.admin import AdminStore
 
 SCOPES = {"好友": "user", "群组": "group", "成员": "member"}
 DEFAULT_WORDS = ("默认", "default")
+MEMBER_FORMAT = "成员请写成 群号:QQ号，例如 .设置 成员 123456:654321 额度为 10 条/小时"
 
 
 class AdminCommands:
@@ -41,7 +42,10 @@ class AdminCommands:
     async def set_limit(self, job: Job, argument: str) -> str:
         scope_word, target, count = argument.split(" ")
         target = "default" if target in DEFAULT_WORDS else target
-        await self.store.set_limit(SCOPES[scope_word], target, int(count))
+        try:
+            await self.store.set_limit(SCOPES[scope_word], target, int(count))
+        except ValueError:
+            return MEMBER_FORMAT if scope_word == "成员" else f"无法设置 {target} 的额度。"
         who = "默认" if target == "default" else target
         return f"已设置{scope_word} {who} 的额度为 {count} 条/小时。"
 
@@ -49,11 +53,14 @@ class AdminCommands:
         scope_word, target = argument.split(" ")
         scope = SCOPES[scope_word]
         target = "default" if target in DEFAULT_WORDS else target
-        limit = await self.store.limit_for(scope, target)
+        try:
+            limit = await self.store.limit_for(scope, target)
+            used = 0 if target == "default" else await self.store.count(scope, target)
+        except ValueError:
+            return MEMBER_FORMAT if scope_word == "成员" else f"无法查看 {target} 的使用情况。"
         shown = "不限" if limit is None else f"{limit} 条/小时"
         if target == "default":
             return f"{scope_word}的默认额度：{shown}。"
-        used = await self.store.count(scope, target)
         return f"{scope_word} {target} 最近一小时已使用 {used} 条，额度 {shown}。"
 
     async def preset_list(self, job: Job, _: str) -> str:

@@ -262,6 +262,13 @@ async def test_hourly_limits_warning_and_exceed(launch: Any, fake_llm: FakeOpenA
     ]
     assert (await chat.group("群一", user=20005, replies=2))[0] == "echo: 群一"  # and the warning
     assert await chat.group("群二", user=20006) == ["已达到额度限制，请等待下一小时继续和我对话。"]
+    [hint] = await chat.private(".设置 成员 20005 额度为 1 条/小时", user=ADMIN)
+    assert hint.startswith("成员请写成 群号:QQ号")
+    assert await chat.private(f".设置 成员 {GROUP}:20007 额度为 0 条/小时", user=ADMIN) == [
+        f"已设置成员 {GROUP}:20007 的额度为 0 条/小时。"
+    ]
+    assert await chat.private(".设置 群组 默认 额度为 100 条/小时", user=ADMIN)
+    assert await chat.group("成员被限", user=20007) == ["已达到额度限制，请等待下一小时继续和我对话。"]
 
 
 # --- reload --------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ class AdminCommands:
         shown = "不限" if limit is None else f"{limit} 条/小时"
         if target == "default":
             return f"{scope_word}的默认额度：{shown}。"
+        if limit is None:
+            return f"{scope_word} {target} 没有额度限制（没有额度时不统计用量）。"
         return f"{scope_word} {target} 最近一小时已使用 {used} 条，额度 {shown}。"
 
     async def preset_list(self, job: Job, _: str) -> str:

@@ -207,12 +207,15 @@ class ConversationManager:
             keys = [("group", event.group_id), ("member", member_target(event.group_id, event.user_id))]
         else:
             keys = [("user", event.user_id)]
-        check = await self.admin.check(keys)
+        # Usage is counted only where a limit applies: with no limits set, no database work at all.
+        limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
+        check = await self.admin.check(limited)
         ratelimit = self.settings.ratelimit
         if not check.allowed:
             await self._reply(event, ratelimit.exceed)
             return
-        await self.admin.record(None, *keys)
+        if limited:
+            await self.admin.record(None, *limited)
         # A busy group gets at most group_concurrency of the global slots at a time.
         async with self._group_slot(event.group_id), self._slots:
             await self.chat.answer(job)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
-from loguru import logger
 from sqlalchemy import (
     BindParameter,
     Float,
@@ -26,11 +23,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.errors import StorageError
+from storage.errors import DB_ERRORS, failed, retrieve_exception
 from storage.models import Base, Id
 
 __all__ = ["DEFAULT", "SCOPES", "AdminStore", "RateCheck", "member_target"]
@@ -78,16 +76,9 @@ rate_limits = cast(Table, RateLimitRow.__table__)
 usage = cast(Table, UsageRow.__table__)
 blacklist = cast(Table, BlacklistRow.__table__)
 
-# Same set as storage.store's; not imported from there because that module imports this one.
-_DB_ERRORS = (SQLAlchemyError, sqlite3.Error, OSError)
-_HELP_LINK = re.compile(r"\s*\(Background on this error at: [^)]*\)")
-
 
 def _failed(action: str, exc: BaseException) -> StorageError:
-    """Log the full detail once and build the short error the caller shows."""
-    logger.error("admin store: {} failed: {!r}", action, exc)
-    text = _HELP_LINK.sub("", str(getattr(exc, "orig", None) or exc)).strip()
-    return StorageError(f"admin store: {action} failed: {text.splitlines()[0] if text else type(exc).__name__}")
+    return failed("admin store", action, exc)
 
 
 def member_target(group_id: str, user_id: str) -> str:
@@ -129,11 +120,6 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _retrieve_exception(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # failures were logged by _failed already
-
-
 class AdminStore:
     """Rate limits, usage and blacklist in the history database; `await load()` once before use.
 
@@ -170,13 +156,13 @@ class AdminStore:
         async def guarded() -> _T:
             try:
                 return await work(*args, **kwargs)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 raise _failed(action, exc) from exc
 
         task = asyncio.ensure_future(guarded())
         self._unfinished.add(task)
         task.add_done_callback(self._unfinished.discard)
-        task.add_done_callback(_retrieve_exception)
+        task.add_done_callback(retrieve_exception)
         return await asyncio.shield(task)
 
     async def close(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -16,7 +15,6 @@ from loguru import logger
 from sqlalchemy import BindParameter, Table, bindparam, event, false, func, insert, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
@@ -33,6 +31,7 @@ from storage.base import (
     fill_window,
     finish_window,
 )
+from storage.errors import DB_ERRORS, failed, retrieve_exception, short
 from storage.models import Base, messages, sessions
 
 __all__ = ["HistoryStore", "SessionState", "SqlHistoryStore", "StoredTurn"]
@@ -46,11 +45,7 @@ _SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
-# The aiosqlite fast path raises sqlite3 errors unwrapped; drivers raise OSError for refused or
-# dropped connections.
-_DB_ERRORS = (SQLAlchemyError, sqlite3.Error, OSError)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
-_HELP_LINK = re.compile(r"\s*\(Background on this error at: [^)]*\)")
 
 
 def _redact(url: str) -> str:
@@ -58,16 +53,8 @@ def _redact(url: str) -> str:
     return _PASSWORD_IN_URL.sub(r"\1***@", url)
 
 
-def _short(exc: BaseException) -> str:
-    """First line of an exception's text; SQLAlchemy appends SQL and a help link we do not show."""
-    text = _HELP_LINK.sub("", str(getattr(exc, "orig", None) or exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _failed(action: str, exc: BaseException) -> StorageError:
-    """Log the full detail once and build the short error the caller shows."""
-    logger.error("history store: {} failed: {!r}", action, exc)
-    return StorageError(f"history store: {action} failed: {_short(exc)}")
+    return failed("history store", action, exc)
 
 
 _P = ParamSpec("_P")
@@ -92,15 +79,10 @@ def _finish_even_if_cancelled(
         task = asyncio.ensure_future(method(store, *args, **kwargs))
         store._unfinished.add(task)  # close() waits for these
         task.add_done_callback(store._unfinished.discard)
-        task.add_done_callback(_retrieve_exception)  # failures were logged by _failed already
+        task.add_done_callback(retrieve_exception)  # failures were logged by _failed already
         return await asyncio.shield(task)
 
     return run
-
-
-def _retrieve_exception(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class _Statement:
@@ -262,12 +244,12 @@ class SqlHistoryStore:
         try:
             parsed: URL = make_url(url)
         except Exception as exc:  # ArgumentError, ValueError: anything unparsable is the same mistake
-            raise StorageError(f"history store: bad database URL {_redact(url)!r}: {_short(exc)}") from exc
+            raise StorageError(f"history store: bad database URL {_redact(url)!r}: {short(exc)}") from exc
         shown = parsed.render_as_string(hide_password=True)
         try:
             dialect_class = parsed.get_dialect()
         except Exception as exc:  # unknown dialect or driver name
-            raise StorageError(f"history store: cannot use {shown}: {_short(exc)}") from exc
+            raise StorageError(f"history store: cannot use {shown}: {short(exc)}") from exc
         if not dialect_class.is_async:
             raise StorageError(
                 f"history store: {shown} names a synchronous driver; use an async one such as "
@@ -289,7 +271,7 @@ class SqlHistoryStore:
         except ImportError as exc:
             raise StorageError(f"history store: the driver for {shown} is not installed: {exc}") from exc
         except Exception as exc:  # bad options in the URL's query string
-            raise StorageError(f"history store: cannot use {shown}: {_short(exc)}") from exc
+            raise StorageError(f"history store: cannot use {shown}: {short(exc)}") from exc
         if is_sqlite:
             event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         held: AsyncConnection | None = None
@@ -306,7 +288,7 @@ class SqlHistoryStore:
                 await held.close()
             await engine.dispose()
             logger.error("history store: opening {} failed: {!r}", shown, exc)
-            raise StorageError(f"history store: cannot open {shown}: {_short(exc)}") from exc
+            raise StorageError(f"history store: cannot open {shown}: {short(exc)}") from exc
         return cls(engine, shown)
 
     @property
@@ -370,7 +352,7 @@ class SqlHistoryStore:
                         break
                     left = remaining
                     rows = await tx.fetch(self._next_page, {"key": session_key, "before": rows[-1][0]})
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise _failed("reading the window", exc) from exc
         return finish_window(taken)
 
@@ -396,7 +378,7 @@ class SqlHistoryStore:
                 # executemany keeps list order, so the user row always gets the smaller id.
                 await tx.execute_many(self._insert_message, rows)
                 await self._touch.run(tx, {"key": session_key, "now": at})
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise _failed("saving an exchange", exc) from exc
 
     @_finish_even_if_cancelled
@@ -406,7 +388,7 @@ class SqlHistoryStore:
             async with self._writing() as tx:
                 # One statement reads the max id and writes it, so no append can slip in between.
                 await self._reset.run(tx, {"key": session_key, "now": time.time()})
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise _failed("resetting a session", exc) from exc
 
     @_finish_even_if_cancelled
@@ -419,7 +401,7 @@ class SqlHistoryStore:
                 if [row[1] for row in rows] != ["assistant", "user"]:
                     return False
                 await tx.execute(self._hide_pair, {"reply_id": rows[0][0], "user_id": rows[1][0]})
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise _failed("rolling back a session", exc) from exc
         return True
 
@@ -429,7 +411,7 @@ class SqlHistoryStore:
         try:
             async with self._reading() as tx:
                 rows = await tx.fetch(self._get_session, {"key": session_key})
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise _failed("reading a session", exc) from exc
         if not rows:
             return SessionState(session_key)
@@ -448,7 +430,7 @@ class SqlHistoryStore:
         try:
             async with self._writing() as tx:
                 await upsert.run(tx, {**fields, "key": session_key, "now": time.time()})
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise _failed("updating a session", exc) from exc
 
 

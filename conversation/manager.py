@@ -32,7 +32,7 @@ from llm.base import ChatModel
 from llm.images import ImageFetcher
 
 if TYPE_CHECKING:
-    from conversation.render_image import MarkdownRenderer
+    from core.render_image import MarkdownRenderer
 from storage.admin import AdminStore, member_target
 from storage.base import HistoryStore
 
@@ -290,7 +290,7 @@ class ConversationManager:
         """The answer as a PNG (rendered in a worker thread), or None when rendering failed."""
         try:
             if self._renderer is None:
-                from conversation.render_image import MarkdownRenderer  # Pillow loads only when used
+                from core.render_image import MarkdownRenderer  # Pillow loads only when used
 
                 self._renderer = MarkdownRenderer(self.settings.response.font_path)
             renderer = self._renderer

@@ -12,7 +12,7 @@ from typing import Any
 
 from loguru import logger
 
-from adapters.base import Adapter, adapter_class
+from adapters.base import Adapter, adapter_factory
 from core.config import Settings, load_config
 from core.errors import BotError, ConfigError
 from core.log import setup_logging
@@ -67,7 +67,7 @@ class App:
         return found
 
     async def _start_adapter(self, instance: str, name: str, section: Any) -> None:
-        adapter = adapter_class(name)(instance, section, self.manager.handle)
+        adapter = adapter_factory(name)(instance, section, self.manager.handle)
         self.adapters[instance] = adapter
         await adapter.start()
 

@@ -20,19 +20,21 @@ from core.tasks import TaskSet
 
 EventSink = Callable[[Event], Awaitable[None]]
 
-# name of the config section -> "module:Class"; imported only when that section is configured,
-# so an unused protocol costs no start-up time.
+AdapterFactory = Callable[[str, Any, EventSink], "Adapter"]
+
+# name of the config section -> "module:factory" (a class or a function choosing one); imported
+# only when that section is configured, so an unused protocol costs no start-up time.
 ADAPTERS: dict[str, str] = {
-    "mirai": "adapters.mirai.adapter:MiraiAdapter",
+    "mirai": "adapters.mirai.adapter:create",
     "console": "adapters.console.adapter:ConsoleAdapter",
 }
 
 
-def adapter_class(name: str) -> type[Adapter]:
-    """The Adapter class registered under `name`; raises KeyError for an unknown name."""
-    module_name, _, class_name = ADAPTERS[name].partition(":")
-    cls: type[Adapter] = getattr(importlib.import_module(module_name), class_name)
-    return cls
+def adapter_factory(name: str) -> AdapterFactory:
+    """What builds the adapter registered under `name`; raises KeyError for an unknown name."""
+    module_name, _, attribute = ADAPTERS[name].partition(":")
+    factory: AdapterFactory = getattr(importlib.import_module(module_name), attribute)
+    return factory
 
 
 @dataclass(slots=True)

@@ -72,5 +72,5 @@ async def test_sigterm_stops_within_five_seconds_and_keeps_history(
     assert "stopped" in stderr and "Traceback" not in stderr
     assert (config.parent / "data" / "bot.sqlite3").stat().st_size > 0
     logged = log_file.read_text(encoding="utf-8")
-    assert "verified with mirai-api-http" in logged and "stopped" in logged
+    assert "connected to mirai-api-http" in logged and "stopped" in logged
     assert "sk-test" not in logged and VERIFY_KEY not in logged

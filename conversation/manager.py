@@ -25,7 +25,7 @@ from conversation.sessions import SessionSettings
 from conversation.triggers import TriggerRules
 from core.config import Settings
 from core.errors import BotError, StorageError
-from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
+from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent, Target
 from core.message import Forward, ForwardNode, Image, Message, Text
 from core.tasks import TaskSet
 from llm.base import ChatModel
@@ -109,6 +109,8 @@ class ConversationManager:
             self.tasks.spawn(self._on_request(event), name="request")
         elif isinstance(event, NoticeEvent):
             self.log.debug("{} notice from {}", event.kind, event.user_id)
+            if event.kind == "poke" and self.settings.response.poke_reply:
+                self.tasks.spawn(self._answer_poke(event), name="poke")
 
     def session_key(self, event: MessageEvent) -> str:
         """Private chats per user; groups per member or shared, per `[conversation] group_scope`."""
@@ -322,6 +324,18 @@ class ConversationManager:
                 self.log.error("reply to {} failed: {}", event.target.describe(), exc)
                 return
             quoted = False
+
+    async def _answer_poke(self, event: NoticeEvent) -> None:
+        """Adapters report only pokes aimed at the bot; answer where it happened."""
+        adapter = self.adapters.get(event.adapter)
+        if adapter is None or self.admin.is_blocked(event.user_id, event.group_id):
+            return
+        chat = ChatType.GROUP if event.group_id else ChatType.PRIVATE
+        target = Target(event.adapter, chat, event.user_id, event.group_id)
+        try:
+            await adapter.send(target, (Text(self.settings.response.poke_reply),))
+        except BotError as exc:
+            self.log.error("answering a poke from {} failed: {}", event.user_id, exc)
 
     async def _on_request(self, event: RequestEvent) -> None:
         """Friend requests and group invitations: each accepted or refused by its own `[system]` switch."""

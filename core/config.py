@@ -180,6 +180,7 @@ class ResponseSettings(Section):
     drawing_unavailable: str = "没有可以画图的账号，请管理员在账号里设置 image_model。"
     interrupted: str = "（回答中断了：{exc}）"
     admin_only: str = "只有管理员可以使用这个命令。"
+    poke_reply: str = ""
     queued_notice_size: int = Field(3, ge=0)
     queued_notice: str = "消息已收到！当前我还有{queue_size}条消息要回复，请您稍等。"
     mode: Literal["text", "image", "mixed"] = "text"

@@ -28,6 +28,7 @@ class FakeMirai:
         self.verified = asyncio.Event()
         self.command_code = 0
         self.nickname = "小助手"
+        self.swallow_next = 0
         self._message_ids = itertools.count(1000)
         self._changed = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
@@ -62,6 +63,9 @@ class FakeMirai:
             reply: dict[str, Any] = {"code": self.command_code, "msg": "success" if self.command_code == 0 else "error"}
             if frame.get("command", "").startswith("send"):
                 reply["messageId"] = next(self._message_ids)
+                if self.swallow_next > 0:  # mirai's sign that QQ swallowed the message
+                    self.swallow_next -= 1
+                    reply["messageId"] = -1
             if frame.get("command") == "botProfile":
                 # answered like mirai-api-http (the profile itself, no code) and not recorded as a reply
                 await ws.send_str(json.dumps({"syncId": frame["syncId"], "data": {"nickname": self.nickname}}))

@@ -538,3 +538,18 @@ def test_huge_numbers_do_not_raise() -> None:
     decoded = decode_chain([{"type": "Source", "id": big}, {"type": "Image", "imageId": "i", "size": big}])
     assert decoded == DecodedChain((Image(id="i"),), "", 0)
     assert encode_chain((At(big),)) == [{"type": "At", "target": big}]
+
+
+@pytest.mark.parametrize(
+    ("written", "dialled"),
+    [
+        ("http://localhost:8080", "ws://localhost:8080/all"),
+        ("https://mirai.example:443/", "wss://mirai.example:443/all"),
+        ("ws://mirai:8080/message", "ws://mirai:8080/message"),
+        ("mirai:8080", "ws://mirai:8080/all"),
+    ],
+)
+def test_forward_ws_url_as_v2_configs_write_it(written: str, dialled: str) -> None:
+    from adapters.mirai.forward import ws_address
+
+    assert ws_address(written) == dialled

@@ -26,6 +26,7 @@ AdapterFactory = Callable[[str, Any, EventSink], "Adapter"]
 # only when that section is configured, so an unused protocol costs no start-up time.
 ADAPTERS: dict[str, str] = {
     "mirai": "adapters.mirai.adapter:create",
+    "onebot": "adapters.onebot.adapter:create",
     "console": "adapters.console.adapter:ConsoleAdapter",
 }
 

@@ -52,6 +52,36 @@ class MiraiSettings(Section):
         return _id_list(value)
 
 
+class OneBotSettings(Section):
+    """`[onebot]`: OneBot 11 (LLBot, NapCat); the mode follows from which keys are set."""
+
+    enable: bool = True
+    qq: int = 0  # optional: learned from X-Self-ID / get_login_info
+    manager_qq: tuple[str, ...] = ()
+    access_token: SecretStr = SecretStr("")
+    ws_url: str = ""
+    http_url: str = ""
+    http_post_host: str = "0.0.0.0"
+    http_post_port: Port | None = None
+    secret: SecretStr = SecretStr("")
+    reverse_ws_host: str = "0.0.0.0"
+    reverse_ws_port: Port = 8566
+
+    @field_validator("manager_qq", mode="before")
+    @classmethod
+    def _manager_ids(cls, value: Any) -> Any:
+        return _id_list(value)
+
+    @property
+    def mode(self) -> str:
+        """ "forward-ws", "http-post", "http-sse" or "reverse-ws", by DESIGN's rules."""
+        if self.ws_url:
+            return "forward-ws"
+        if self.http_url:
+            return "http-post" if self.http_post_port else "http-sse"
+        return "reverse-ws"
+
+
 class OpenAIAccount(Section):
     """One `[[openai.accounts]]` entry."""
 
@@ -274,6 +304,7 @@ class Settings(Section):
     """The whole validated config."""
 
     mirai: list[MiraiSettings] = Field(default_factory=list)
+    onebot: list[OneBotSettings] = Field(default_factory=list)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
@@ -297,7 +328,7 @@ class Settings(Section):
         return found
 
 
-PLATFORM_SECTIONS = ("mirai",)
+PLATFORM_SECTIONS = ("mirai", "onebot")
 # chatgpt-mirai-qq-bot v2 spelled the sampling table this way; its files keep working.
 _ALIASES = {("openai", "gpt3_params"): "gpt_params"}
 

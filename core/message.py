@@ -212,6 +212,7 @@ Segment: TypeAlias = (
 )
 Message: TypeAlias = tuple[Segment, ...]
 
+FORWARD_NODES_SHOWN = 30
 _PLACEHOLDERS: dict[type, str] = {
     Image: "[图片]",
     Voice: "[语音]",
@@ -244,6 +245,10 @@ def describe(msg: Iterable[Segment]) -> str:
             out.append(seg.content)
         elif isinstance(seg, Quote | Raw):
             continue
+        elif isinstance(seg, Forward) and seg.nodes:
+            # a forwarded chat log is content the user wants read ("summarise this"), within reason
+            lines = [f"{n.sender_name or n.sender_id}: {describe(n.message)}" for n in seg.nodes[:FORWARD_NODES_SHOWN]]
+            out.append("[聊天记录]\n" + "\n".join(lines) + "\n[聊天记录结束]")
         else:
             out.append(_PLACEHOLDERS.get(type(seg), ""))
     return "".join(out)

@@ -220,3 +220,59 @@ async def test_separate_api_and_event_sockets_and_temp_chats(onebot: Any, fake_l
     [reply] = await split.wait_actions(1, timeout=10)
     assert reply["action"] == "send_private_msg" and reply["params"]["group_id"] == 30001
     await split.close()
+
+
+async def test_forward_link_without_heartbeats_is_treated_as_dead(
+    write_config: Callable[..., Path], log_lines: list[str]
+) -> None:
+    impl = FakeOneBot(BOT, access_token=TOKEN)
+    impl.heartbeat_interval = 0.2
+    url = await impl.serve_forward()
+    app = await start_bot(write_config({"mirai": None, "onebot": {"access_token": TOKEN, "ws_url": url}}))
+    try:
+        await eventually(lambda: app.adapters["onebot"].connected, timeout=10)
+        await asyncio.sleep(0.5)  # heartbeats arrive; the link stays up
+        assert impl.connections == 1
+        impl.mute_heartbeats = True  # the implementation hangs with its socket open
+        await eventually(lambda: impl.connections >= 2, timeout=10)
+        assert any("no heartbeat" in line for line in log_lines)
+    finally:
+        await app.stop()
+        await impl.close()
+
+
+async def test_forward_wrong_token_logged_clearly(write_config: Callable[..., Path], log_lines: list[str]) -> None:
+    impl = FakeOneBot(BOT, access_token=TOKEN)
+    url = await impl.serve_forward()
+    app = await start_bot(write_config({"mirai": None, "onebot": {"access_token": "wrong", "ws_url": url}}))
+    try:
+        await eventually(lambda: any("403" in line and "access_token" in line for line in log_lines), timeout=10)
+        assert not app.adapters["onebot"].connected
+    finally:
+        await app.stop()
+        await impl.close()
+
+
+async def test_forwarded_chat_log_is_fetched_in_either_shape(onebot: Any, fake_llm: FakeOpenAI) -> None:
+    ob = await onebot("reverse")
+    impl = ob.impl
+    node = {
+        "type": "node",
+        "data": {"user_id": "20008", "nickname": "小明", "content": [{"type": "text", "data": {"text": "明天开会"}}]},
+    }
+    impl.forwards["fw-spec"] = {"message": [node]}
+    impl.forwards["fw-llbot"] = {
+        "messages": [
+            {
+                "sender": {"user_id": 20009, "nickname": "小红"},
+                "time": 1,
+                "message_id": 9,
+                "content": [{"type": "text", "data": {"text": "收到"}}],
+            }
+        ]
+    }
+    for forward_id, expected in (("fw-spec", "小明: 明天开会"), ("fw-llbot", "小红: 收到")):
+        message = [{"type": "forward", "data": {"id": forward_id}}, {"type": "text", "data": {"text": "总结一下"}}]
+        await ob.say(impl.private_message(20001, message, ob.next_id()))
+        prompt = fake_llm.requests[-1]["body"]["messages"][-1]["content"]
+        assert expected in prompt and prompt.endswith("总结一下")

@@ -8,7 +8,7 @@ import itertools
 from typing import Any
 
 from adapters.base import Adapter, EventSink
-from adapters.onebot.codec import decode_message, encode_forward_nodes, encode_message
+from adapters.onebot.codec import decode_forward_result, decode_message, encode_forward_nodes, encode_message
 from core.config import OneBotSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
@@ -157,19 +157,32 @@ class OneBotBase(Adapter):
             self.log.debug("ignored a message of type {!r}", message_type)
             return
         message = decode_message(event.get("message"))
-        if any(isinstance(seg, Quote) for seg in message):
-            # get_msg is a round trip: do it off the receive loop so other events keep flowing.
-            self.tasks.spawn(self._with_quote(event, chat_type, group_id, message), name=f"{self.instance}-quote")
+        if any(_needs_lookup(seg) for seg in message):
+            # get_msg / get_forward_msg are round trips: do them off the receive loop so events keep flowing.
+            self.tasks.spawn(self._completed(event, chat_type, group_id, message), name=f"{self.instance}-lookup")
             return
         await self.sink(self._message_event(event, chat_type, group_id, message))
 
-    async def _with_quote(self, event: dict[str, Any], chat_type: ChatType, group_id: str, message: Message) -> None:
+    async def _completed(self, event: dict[str, Any], chat_type: ChatType, group_id: str, message: Message) -> None:
+        """The message with quoted messages and forwarded chat logs fetched, then handed on."""
         filled: list[Any] = []
         for seg in message:
-            if isinstance(seg, Quote) and seg.message_id and not seg.origin:
+            if isinstance(seg, Quote) and _needs_lookup(seg):
                 seg = await self._quoted(seg)
+            elif isinstance(seg, Forward) and _needs_lookup(seg):
+                seg = await self._forwarded(seg)
             filled.append(seg)
         await self.sink(self._message_event(event, chat_type, group_id, tuple(filled)))
+
+    async def _forwarded(self, forward: Forward) -> Forward:
+        """A forward's nodes from get_forward_msg (either the spec's or LLBot's answer shape)."""
+        try:
+            async with asyncio.timeout(QUOTE_LOOKUP_TIMEOUT):
+                data = await self.call("get_forward_msg", {"id": forward.id, "message_id": forward.id})
+        except (AdapterError, TimeoutError) as exc:
+            self.log.debug("get_forward_msg {} failed: {}", forward.id, exc)
+            return forward
+        return Forward(nodes=decode_forward_result(data), id=forward.id)
 
     async def _quoted(self, quote: Quote) -> Quote:
         """The quoted message's sender and content from get_msg (or the bare reference if it fails)."""
@@ -295,3 +308,10 @@ def _number(value: str) -> int | str:
 def _table(value: object) -> dict[str, Any]:
     """`value` when it is a JSON object, else an empty one (fields may be missing or malformed)."""
     return value if isinstance(value, dict) else {}
+
+
+def _needs_lookup(seg: object) -> bool:
+    """A quote without its content, or a forward known only by id."""
+    if isinstance(seg, Quote):
+        return bool(seg.message_id) and not seg.origin
+    return isinstance(seg, Forward) and bool(seg.id) and not seg.nodes

@@ -142,6 +142,7 @@ class FakeOneBot:
         self.forwards: dict[str, dict[str, Any]] = {}
         self.fail_next_action = 0
         self.heartbeat_interval: float | None = None
+        self.mute_heartbeats = False
         self.reconnect_interval: float | None = None
         self.sse_ping_interval = 1.0
         self.post_url: str | None = None
@@ -433,7 +434,8 @@ class FakeOneBot:
     async def _heartbeat(self, sock: _Socket, interval: float) -> None:
         while not sock.ws.closed:
             await asyncio.sleep(interval)
-            await self._send_text(sock, json.dumps(self.heartbeat_event(int(interval * 1000))))
+            if not self.mute_heartbeats:  # muted: a hung implementation whose socket stays open
+                await self._send_text(sock, json.dumps(self.heartbeat_event(int(interval * 1000))))
 
     async def _open(self, sock: _Socket) -> None:
         """Send the lifecycle connect event (before any pushed event can get in), then make the socket visible."""

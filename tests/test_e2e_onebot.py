@@ -276,3 +276,22 @@ async def test_forwarded_chat_log_is_fetched_in_either_shape(onebot: Any, fake_l
         await ob.say(impl.private_message(20001, message, ob.next_id()))
         prompt = fake_llm.requests[-1]["body"]["messages"][-1]["content"]
         assert expected in prompt and prompt.endswith("总结一下")
+
+
+async def test_failed_action_gives_one_clear_log_line(onebot: Any, log_lines: list[str]) -> None:
+    ob = await onebot("forward")
+    ob.impl.fail_next_action = 1
+    await ob.impl.push(ob.impl.private_message(20001, "发不出去", ob.next_id()))
+    await eventually(lambda: any("send_private_msg failed with code 1200: 发送失败" in line for line in log_lines))
+
+
+async def test_http_modes_with_a_wrong_token_say_so(write_config: Callable[..., Path], log_lines: list[str]) -> None:
+    impl = FakeOneBot(BOT, access_token=TOKEN)
+    url = await impl.serve_http()
+    app = await start_bot(write_config({"mirai": None, "onebot": {"access_token": "wrong", "http_url": url}}))
+    try:
+        await eventually(lambda: any("HTTP 403" in line and "access_token" in line for line in log_lines), timeout=10)
+        assert not app.adapters["onebot"].connected
+    finally:
+        await app.stop()
+        await impl.close()

@@ -27,6 +27,8 @@ AdapterFactory = Callable[[str, Any, EventSink], "Adapter"]
 ADAPTERS: dict[str, str] = {
     "mirai": "adapters.mirai.adapter:create",
     "onebot": "adapters.onebot.adapter:create",
+    "milky": "adapters.milky.adapter:MilkyAdapter",
+    "satori": "adapters.satori.adapter:SatoriAdapter",
     "console": "adapters.console.adapter:ConsoleAdapter",
 }
 

@@ -82,6 +82,39 @@ class OneBotSettings(Section):
         return "reverse-ws"
 
 
+class MilkySettings(Section):
+    """`[milky]`: a Milky implementation (LLBot): API over HTTP, events by WS, SSE or webhook."""
+
+    enable: bool = True
+    url: str = "http://localhost:3010"
+    access_token: SecretStr = SecretStr("")
+    event_transport: Literal["ws", "sse", "webhook"] = "ws"
+    webhook_host: str = "0.0.0.0"
+    webhook_port: Port | None = None
+    manager_qq: tuple[str, ...] = ()
+
+    @field_validator("manager_qq", mode="before")
+    @classmethod
+    def _manager_ids(cls, value: Any) -> Any:
+        return _id_list(value)
+
+
+class SatoriSettings(Section):
+    """`[satori]`: a Satori server (LLBot, Chronocat, Koishi): events over WS, messages over HTTP."""
+
+    enable: bool = True
+    url: str = "http://localhost:5600"
+    token: SecretStr = SecretStr("")
+    platform: str = ""  # learned from READY's logins when empty; a set value wins
+    self_id: str = ""
+    manager_qq: tuple[str, ...] = ()
+
+    @field_validator("manager_qq", mode="before")
+    @classmethod
+    def _manager_ids(cls, value: Any) -> Any:
+        return _id_list(value)
+
+
 class OpenAIAccount(Section):
     """One `[[openai.accounts]]` entry."""
 
@@ -305,6 +338,8 @@ class Settings(Section):
 
     mirai: list[MiraiSettings] = Field(default_factory=list)
     onebot: list[OneBotSettings] = Field(default_factory=list)
+    milky: list[MilkySettings] = Field(default_factory=list)
+    satori: list[SatoriSettings] = Field(default_factory=list)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
@@ -328,7 +363,7 @@ class Settings(Section):
         return found
 
 
-PLATFORM_SECTIONS = ("mirai", "onebot")
+PLATFORM_SECTIONS = ("mirai", "onebot", "milky", "satori")
 # chatgpt-mirai-qq-bot v2 spelled the sampling table this way; its files keep working.
 _ALIASES = {("openai", "gpt3_params"): "gpt_params"}
 

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from adapters.onebot.base import OneBotBase, token_matches
+from adapters.sse import sse_data
 from core.backoff import Backoff
 from core.errors import AdapterError, NotConnectedError
 
@@ -367,12 +368,10 @@ class OneBotHttp(OneBotBase):
                         logged = False
                         self._link_up()
                         self.tasks.spawn(self._login(), name=f"{self.instance}-login")
-                        async for raw in response.content:
-                            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                            if line.startswith("data:"):
-                                frame = _Socket.parse(self, line[5:].strip())
-                                if frame is not None:
-                                    await _dispatch(self, frame)
+                        async for data in sse_data(response.content):
+                            frame = _Socket.parse(self, data)
+                            if frame is not None:
+                                await _dispatch(self, frame)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = type(exc).__name__
             self._link_down()

@@ -33,6 +33,11 @@ ADAPTERS: dict[str, str] = {
 }
 
 
+def json_object(value: object) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one: wire fields may be missing or malformed."""
+    return value if isinstance(value, dict) else {}
+
+
 def adapter_factory(name: str) -> AdapterFactory:
     """What builds the adapter registered under `name`; raises KeyError for an unknown name."""
     module_name, _, attribute = ADAPTERS[name].partition(":")

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from adapters.base import Adapter, EventSink
+from adapters.base import Adapter, EventSink, json_object
 from adapters.link import keep_connected
 from adapters.milky.codec import decode_segments, encode_segments, message_segments
 from adapters.onebot.base import token_matches
@@ -189,7 +189,7 @@ class MilkyAdapter(Adapter):
         if event.get("self_id") and not self.self_id:
             self.self_id = str(event["self_id"])
         kind = event.get("event_type")
-        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        data = json_object(event.get("data"))
         if kind == "message_receive":
             message_event = self._message(data)
             if message_event is not None:
@@ -213,9 +213,9 @@ class MilkyAdapter(Adapter):
         if scene is None or not sender or sender == self.self_id:
             return None  # unknown scenes, and the bot's own messages
         peer = str(data.get("peer_id", ""))
-        group = data.get("group") if isinstance(data.get("group"), dict) else {}
-        member = data.get("group_member") if isinstance(data.get("group_member"), dict) else {}
-        friend = data.get("friend") if isinstance(data.get("friend"), dict) else {}
+        group = json_object(data.get("group"))
+        member = json_object(data.get("group_member"))
+        friend = json_object(data.get("friend"))
         group_id = (
             peer if scene is ChatType.GROUP else str(group.get("group_id") or "") if scene is ChatType.TEMP else ""
         )

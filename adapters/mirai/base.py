@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
-from adapters.base import Adapter, EventSink
+from adapters.base import Adapter, EventSink, json_object
 from adapters.mirai.codec import decode_chain, encode_chain
 from core.config import MiraiSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
@@ -213,7 +213,7 @@ class MiraiBase(Adapter):
         if user_id == self.self_id:
             return None
         chat_type = MESSAGE_EVENTS[kind]
-        group = _table(sender.get("group"))
+        group = json_object(sender.get("group"))
         group_id = str(group.get("id", "")) if chat_type in (ChatType.GROUP, ChatType.TEMP) else ""
         decoded = decode_chain(data.get("messageChain"))
         to_me = chat_type is not ChatType.GROUP or any(
@@ -238,7 +238,7 @@ class MiraiBase(Adapter):
         )
 
     async def _on_nudge(self, data: dict[str, Any]) -> None:
-        subject = _table(data.get("subject"))
+        subject = json_object(data.get("subject"))
         from_id = str(data.get("fromId", ""))
         if from_id == self.self_id or str(data.get("target", "")) != self.self_id:
             return  # only pokes aimed at the bot, by someone else, are news
@@ -351,8 +351,3 @@ class MiraiBase(Adapter):
 
 def _swallowed(message_id: str | None) -> bool:
     return message_id is not None and message_id.startswith("-")
-
-
-def _table(value: object) -> dict[str, Any]:
-    """`value` when it is a JSON object, else an empty one (fields may be missing or malformed)."""
-    return value if isinstance(value, dict) else {}

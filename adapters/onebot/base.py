@@ -7,7 +7,7 @@ import hmac
 import itertools
 from typing import Any
 
-from adapters.base import Adapter, EventSink
+from adapters.base import Adapter, EventSink, json_object
 from adapters.onebot.codec import decode_forward_result, decode_message, encode_forward_nodes, encode_message
 from core.config import OneBotSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
@@ -152,7 +152,9 @@ class OneBotBase(Adapter):
         elif message_type == "private":
             temp = event.get("sub_type") == "group"
             chat_type = ChatType.TEMP if temp else ChatType.PRIVATE
-            group_id = str(event.get("group_id") or _table(event.get("sender")).get("group_id") or "") if temp else ""
+            group_id = (
+                str(event.get("group_id") or json_object(event.get("sender")).get("group_id") or "") if temp else ""
+            )
         else:
             self.log.debug("ignored a message of type {!r}", message_type)
             return
@@ -194,7 +196,7 @@ class OneBotBase(Adapter):
             return quote
         if not isinstance(data, dict):
             return quote
-        sender = _table(data.get("sender"))
+        sender = json_object(data.get("sender"))
         sender_id = str(sender.get("user_id") or data.get("user_id") or "")
         origin = decode_message(data.get("message"))
         return Quote(quote.message_id, sender_id, str(data.get("group_id") or ""), "", origin)
@@ -202,7 +204,7 @@ class OneBotBase(Adapter):
     def _message_event(
         self, event: dict[str, Any], chat_type: ChatType, group_id: str, message: Message
     ) -> MessageEvent:
-        sender = _table(event.get("sender"))
+        sender = json_object(event.get("sender"))
         to_me = chat_type is not ChatType.GROUP or any(
             (isinstance(seg, At) and seg.target == self.self_id)
             or (isinstance(seg, Quote) and seg.sender_id == self.self_id)
@@ -303,11 +305,6 @@ class OneBotBase(Adapter):
 def _number(value: str) -> int | str:
     """QQ numbers go out as ints (some implementations insist); anything else as it is."""
     return int(value) if value.isdigit() else value
-
-
-def _table(value: object) -> dict[str, Any]:
-    """`value` when it is a JSON object, else an empty one (fields may be missing or malformed)."""
-    return value if isinstance(value, dict) else {}
 
 
 def _needs_lookup(seg: object) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 
-from adapters.base import Adapter, EventSink
+from adapters.base import Adapter, EventSink, json_object
 from adapters.link import keep_connected
 from adapters.satori.codec import decode_content, encode_content
 from core.config import SatoriSettings
@@ -122,7 +122,7 @@ class SatoriAdapter(Adapter):
         # Values set in the config win; READY fills the rest.
         self.platform = self.platform or str(login.get("platform") or "")
         self.self_id = self.self_id or _login_user(login)
-        user = login.get("user") if isinstance(login.get("user"), dict) else {}
+        user = json_object(login.get("user"))
         self.nickname = str(user.get("name") or user.get("nick") or self.nickname)
         self.log.info("Satori login {} on {} is ready", self.self_id, self.platform)
         self._link_up()
@@ -137,8 +137,8 @@ class SatoriAdapter(Adapter):
             if message_event is not None:
                 await self.sink(message_event)
         elif kind in ("friend-request", "guild-request"):
-            user = _table(event.get("user"))
-            guild = _table(event.get("guild"))
+            user = json_object(event.get("user"))
+            guild = json_object(event.get("guild"))
             request = "friend" if kind == "friend-request" else "group_invite"
             await self.sink(
                 RequestEvent(self.instance, request, str(user.get("id", "")), str(guild.get("id", "")), raw=event)
@@ -147,19 +147,19 @@ class SatoriAdapter(Adapter):
             self.log.debug("ignored Satori event {}", kind)
 
     def _message(self, event: dict[str, Any]) -> MessageEvent | None:
-        login = _table(event.get("login"))
+        login = json_object(event.get("login"))
         self_id = _login_user(login) or str(event.get("self_id") or "") or self.self_id
-        user = _table(event.get("user"))
+        user = json_object(event.get("user"))
         user_id = str(user.get("id", ""))
         if not user_id or user_id == self_id:
             return None  # the bot's own messages
-        channel = _table(event.get("channel"))
+        channel = json_object(event.get("channel"))
         channel_id = str(channel.get("id", ""))
         private = channel.get("type") == 1 or channel_id.startswith("private:")
-        guild = _table(event.get("guild"))
-        message_data = _table(event.get("message"))
+        guild = json_object(event.get("guild"))
+        message_data = json_object(event.get("message"))
         message = decode_content(str(message_data.get("content") or ""))
-        member = _table(event.get("member"))
+        member = json_object(event.get("member"))
         to_me = private or any(
             (isinstance(seg, At) and seg.target == self_id) or (isinstance(seg, Quote) and seg.sender_id == self_id)
             for seg in message
@@ -208,16 +208,11 @@ class SatoriAdapter(Adapter):
         return str(first["id"]) if "id" in first else None
 
     async def answer_request(self, event: RequestEvent, approve: bool) -> None:
-        message_id = str(_table(event.raw.get("message")).get("id") or event.raw.get("message_id") or "")
+        message_id = str(json_object(event.raw.get("message")).get("id") or event.raw.get("message_id") or "")
         method = "friend.approve" if event.kind == "friend" else "guild.approve"
         await self.call(method, {"message_id": message_id, "approve": approve, "comment": ""})
 
 
 def _login_user(login: dict[str, Any]) -> str:
-    user = login.get("user") if isinstance(login.get("user"), dict) else {}
+    user = json_object(login.get("user"))
     return str(user.get("id") or login.get("self_id") or "")
-
-
-def _table(value: object) -> dict[str, Any]:
-    """`value` when it is a JSON object, else an empty one (fields may be missing or malformed)."""
-    return value if isinstance(value, dict) else {}

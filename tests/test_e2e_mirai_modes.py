@@ -170,7 +170,7 @@ async def test_forward_mode_waits_for_mirai_started_after_the_bot(
     server = FakeMiraiServer(VERIFY_KEY, BOT_QQ, port=port)
     try:
         await asyncio.sleep(1.5)
-        assert any("not available" in line for line in log_lines)
+        assert any("mirai-api-http at" in line and "down" in line for line in log_lines)
         await server.start()
         await server.wait_connected(timeout=10)
         await eventually(lambda: app.adapters["mirai"].connected)

@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 
 from adapters.base import Adapter, EventSink, json_object
 from adapters.link import keep_connected
+from adapters.listen import listen
 from adapters.milky.codec import decode_segments, encode_segments, message_segments
 from adapters.onebot.base import token_matches
 from adapters.sse import sse_data
@@ -151,15 +152,7 @@ class MilkyAdapter(Adapter):
         host, port = self.settings.webhook_host, self.settings.webhook_port
         app = web.Application(client_max_size=MAX_FRAME)
         app.router.add_post("/{tail:.*}", self._webhook)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise AdapterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.port = site.port
+        self._runner, self.port = await listen(app, host, port)
         if host not in ("127.0.0.1", "localhost", "::1") and not self.token:
             self.log.warning("SECURITY: the Milky webhook listens on {} without [milky] access_token", host)
 

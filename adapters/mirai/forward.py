@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Any
@@ -10,14 +9,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from adapters.link import keep_connected
 from adapters.mirai.base import HEARTBEAT, MAX_FRAME, MiraiBase, Socket
-from core.backoff import Backoff
 from core.event import ChatType, Target
 from core.message import Image, Message
 
 UPLOAD_TIMEOUT = 30.0
-# A link that stayed up this long was healthy: the next outage starts the backoff from 1 s again.
-HEALTHY_SECONDS = 30.0
 # Images bigger than this (as base64 text) go over HTTP instead of inside the WebSocket frame.
 UPLOAD_OVER = 64 * 1024
 
@@ -45,7 +42,6 @@ class MiraiForward(MiraiBase):
         self.url = ws_address(self.settings.ws_url)
         self.http_url = self.settings.http_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._backoff = Backoff(min_delay=1.0, max_delay=30.0)
 
     async def start(self) -> None:
         """Begin connecting in the background."""
@@ -60,41 +56,16 @@ class MiraiForward(MiraiBase):
             await self._session.close()
 
     async def _run(self) -> None:
-        assert self._session is not None
-        verify_key = self.settings.api_key.get_secret_value()
-        auth = {"verifyKey": verify_key, "qq": str(self.settings.qq)}
-        outage_logged = False
-        while not self._stopping:
-            loop = asyncio.get_running_loop()
-            connected_at = loop.time()
-            try:
-                async with self._session.ws_connect(
-                    self.url, headers=auth, params=auth, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME
-                ) as ws:
-                    await self._receive(ws)
-                was_active = self._deactivate(ws)
-                reason = f"closed by mirai-api-http (code {ws.close_code})"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                was_active = False
-                reason = type(exc).__name__
-            if self._stopping:
-                return
-            if was_active:
-                self.log.warning("mirai-api-http link lost: {}; reconnecting", reason)
-                outage_logged = True
-                if loop.time() - connected_at > HEALTHY_SECONDS:
-                    self._backoff.reset()
-            delay = self._backoff.next_delay()
-            if not outage_logged:
-                self.log.warning("mirai-api-http at {} not available: {}; retrying in {:.1f}s", self.url, reason, delay)
-                outage_logged = True
-            else:
-                self.log.debug("mirai-api-http still unreachable ({}); next try in {:.1f}s", reason, delay)
-            await asyncio.sleep(delay)
+        await keep_connected(f"mirai-api-http at {self.url}", self._connect_once, lambda: self._stopping, self.log)
 
-    async def _activate(self, ws: Socket, session_key: str) -> None:
-        await super()._activate(ws, session_key)
-        self._backoff.reset()
+    async def _connect_once(self) -> tuple[bool, str]:
+        assert self._session is not None
+        auth = {"verifyKey": self.settings.api_key.get_secret_value(), "qq": str(self.settings.qq)}
+        async with self._session.ws_connect(
+            self.url, headers=auth, params=auth, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME
+        ) as ws:
+            await self._receive(ws)
+        return self._deactivate(ws), f"closed by mirai-api-http (code {ws.close_code})"
 
     async def _on_handshake(self, ws: Socket, frame: dict[str, Any]) -> None:
         # The server speaks first: {"syncId":"","data":{"code":0,"session":"..."}}; a refusal closes.

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.listen import listen
 from adapters.mirai.base import HEARTBEAT, MAX_FRAME, MiraiBase, Socket
-from core.errors import AdapterError
 
 VERIFY_SYNC_ID = "1"
 EXAMPLE_VERIFY_KEY = "1234567890"
@@ -36,15 +36,7 @@ class MiraiReverse(MiraiBase):
         host, port = self.settings.reverse_ws_host, self.settings.reverse_ws_port
         app = web.Application(client_max_size=MAX_FRAME)
         app.router.add_get("/{tail:.*}", self._accept)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise AdapterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.port = site.port
+        self._runner, self.port = await listen(app, host, port)
         self.log.info("waiting for mirai-api-http on ws://{}:{}/ (reverse-ws)", host, self.port)
         self._warn_if_exposed(host)
 

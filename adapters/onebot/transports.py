@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from adapters.link import keep_connected
+from adapters.listen import listen
 from adapters.onebot.base import OneBotBase, token_matches
 from adapters.sse import sse_data
 from core.backoff import Backoff
@@ -19,7 +21,6 @@ from core.errors import AdapterError, NotConnectedError
 MAX_FRAME = 16 * 1024 * 1024
 HEARTBEAT = 30.0
 DEFAULT_HEARTBEAT_MS = 15000  # the spec's default interval
-HEALTHY_SECONDS = 30.0
 _TOKEN_HINT = " (check [onebot] access_token)"
 
 
@@ -69,15 +70,7 @@ class OneBotReverse(OneBotBase):
         host, port = self.settings.reverse_ws_host, self.settings.reverse_ws_port
         app = web.Application(client_max_size=MAX_FRAME)
         app.router.add_get("/{tail:.*}", self._accept)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise AdapterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.port = site.port
+        self._runner, self.port = await listen(app, host, port)
         self.log.info("waiting for the OneBot implementation on ws://{}:{}/ (reverse-ws)", host, self.port)
         self._warn_if_exposed(host, "the OneBot reverse-ws listener")
 
@@ -165,44 +158,28 @@ class OneBotForward(OneBotBase):
             self._silence_limit = 3 * interval / 1000
 
     async def _run(self) -> None:
+        what = f"OneBot link to {self.settings.ws_url}"
+        await keep_connected(what, self._connect_once, lambda: self._stopping, self.log)
+
+    async def _connect_once(self) -> tuple[bool, str]:
         assert self._session is not None
-        backoff = Backoff(min_delay=1.0, max_delay=30.0)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        loop = asyncio.get_running_loop()
-        logged = False
-        while not self._stopping:
-            started = loop.time()
-            reason = ""
-            try:
-                async with self._session.ws_connect(
-                    self.settings.ws_url, headers=headers, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME
-                ) as ws:
-                    self._ws = ws
-                    self.log.info("connected to the OneBot implementation at {}", self.settings.ws_url)
-                    logged = False
-                    self._link_up()
-                    self.tasks.spawn(self._login(), name=f"{self.instance}-login")
-                    reason = await self._receive(ws)
-            except aiohttp.WSServerHandshakeError as exc:
-                reason = f"refused with HTTP {exc.status}" + (
-                    " (check access_token)" if exc.status in (401, 403) else ""
-                )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = type(exc).__name__
-            finally:
-                if self._ws is not None:
-                    self._ws = None
-                    self._link_down()
-                    self._fail_pending()
-            if self._stopping:
-                return
-            if loop.time() - started > HEALTHY_SECONDS:
-                backoff.reset()
-            delay = backoff.next_delay()
-            if not logged:
-                self.log.warning("OneBot link down ({}); retrying in {:.1f}s", reason, delay)
-                logged = True
-            await asyncio.sleep(delay)
+        try:
+            async with self._session.ws_connect(
+                self.settings.ws_url, headers=headers, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME
+            ) as ws:
+                self._ws = ws
+                self.log.info("connected to the OneBot implementation at {}", self.settings.ws_url)
+                self._link_up()
+                self.tasks.spawn(self._login(), name=f"{self.instance}-login")
+                return True, await self._receive(ws)
+        except aiohttp.WSServerHandshakeError as exc:
+            return False, f"refused with HTTP {exc.status}{_TOKEN_HINT if exc.status in (401, 403) else ''}"
+        finally:
+            if self._ws is not None:
+                self._ws = None
+                self._link_down()
+                self._fail_pending()
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         while True:
@@ -314,15 +291,7 @@ class OneBotHttp(OneBotBase):
         host, port = self.settings.http_post_host, self.settings.http_post_port
         app = web.Application(client_max_size=MAX_FRAME)
         app.router.add_post("/{tail:.*}", self._webhook)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise AdapterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.port = site.port
+        self._runner, self.port = await listen(app, host, port)
         self.log.info("receiving OneBot events on http://{}:{}/ (http-post)", host, self.port)
         if host not in ("127.0.0.1", "localhost", "::1") and not self.settings.secret.get_secret_value():
             self.log.warning(
@@ -345,42 +314,27 @@ class OneBotHttp(OneBotBase):
         return web.Response(status=204)
 
     async def _follow_sse(self) -> None:
-        """GET {http_url}/_events (LLBot): one event per `data:` line; reconnect when it drops."""
+        """GET {http_url}/_events (LLBot): one event per SSE message; reconnect when it drops."""
+        what = f"OneBot event stream at {self.http_url}/_events"
+        await keep_connected(what, self._sse_once, lambda: self._stopping, self.log)
+
+    async def _sse_once(self) -> tuple[bool, str]:
         assert self._session is not None
-        backoff = Backoff(min_delay=1.0, max_delay=30.0)
-        loop = asyncio.get_running_loop()
-        logged = False
-        while not self._stopping:
-            started = loop.time()
-            reason = "stream ended"
-            try:
-                async with self._session.get(
-                    f"{self.http_url}/_events",
-                    headers={**self._headers(), "Accept": "text/event-stream"},
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=90),
-                ) as response:
-                    if response.status != 200:
-                        reason = f"HTTP {response.status}" + (
-                            " (check access_token)" if response.status in (401, 403) else ""
-                        )
-                    else:
-                        self.log.info("following OneBot events at {}/_events (http-sse)", self.http_url)
-                        logged = False
-                        self._link_up()
-                        self.tasks.spawn(self._login(), name=f"{self.instance}-login")
-                        async for data in sse_data(response.content):
-                            frame = _Socket.parse(self, data)
-                            if frame is not None:
-                                await _dispatch(self, frame)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = type(exc).__name__
+        try:
+            async with self._session.get(
+                f"{self.http_url}/_events",
+                headers={**self._headers(), "Accept": "text/event-stream"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=90),
+            ) as response:
+                if response.status != 200:
+                    return False, f"HTTP {response.status}{_TOKEN_HINT if response.status in (401, 403) else ''}"
+                self.log.info("following OneBot events at {}/_events (http-sse)", self.http_url)
+                self._link_up()
+                self.tasks.spawn(self._login(), name=f"{self.instance}-login")
+                async for data in sse_data(response.content):
+                    frame = _Socket.parse(self, data)
+                    if frame is not None:
+                        await _dispatch(self, frame)
+                return True, "stream ended"
+        finally:
             self._link_down()
-            if self._stopping:
-                return
-            if loop.time() - started > HEALTHY_SECONDS:
-                backoff.reset()
-            delay = backoff.next_delay()
-            if not logged:
-                self.log.warning("OneBot event stream down ({}); retrying in {:.1f}s", reason, delay)
-                logged = True
-            await asyncio.sleep(delay)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
+from adapters.fields import NUMBER as _NUMBER
+from adapters.fields import Malformed as _Malformed
+from adapters.fields import integer as _int
+from adapters.fields import number_id as _number_id
+from adapters.fields import text as _str
 from core.message import (
     At,
     AtAll,
@@ -36,7 +40,6 @@ PROTOCOL = "milky"
 _MAX_DEPTH = 16
 
 # Milky sends int64 numbers; an implementation may stringify them, so an all-digit string counts too.
-_NUMBER = re.compile(r"-?[0-9]{1,19}")
 
 # The IR allows one to four preview lines on an outgoing forward.
 _MAX_PREVIEW = 4
@@ -45,41 +48,7 @@ _Data: TypeAlias = Mapping[str, Any]
 _Json: TypeAlias = dict[str, Any]
 
 
-class _Malformed(Exception):
-    """A field's value cannot be turned into the model's field."""
-
-
 # --- tolerant field getters: missing or null always gives the default ---------------------------
-
-
-def _str(data: _Data, key: str) -> str:
-    """A string field; ids are sometimes numbers on the wire, so integers are accepted as text."""
-    value = data.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _Malformed(key)
-
-
-def _number_id(data: _Data, key: str) -> str:
-    """A QQ number or sequence as text: anything but digits means the segment is not what it claims."""
-    value = _str(data, key)
-    if value and not _NUMBER.fullmatch(value):
-        raise _Malformed(key)
-    return value
-
-
-def _int(data: _Data, key: str) -> int:
-    # Sizes, dimensions and durations are informational, so a bad one is not worth losing the segment over.
-    value = data.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return int(value)
-    return 0
 
 
 def _bool(data: _Data, key: str) -> bool:

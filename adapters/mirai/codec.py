@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from adapters.fields import NUMBER as _NUMBER
+from adapters.fields import Malformed as _Malformed
+from adapters.fields import integer as _int
+from adapters.fields import mapping as _mapping
+from adapters.fields import number_id as _number_id
+from adapters.fields import text as _id
 from core.message import (
     At,
     AtAll,
@@ -38,8 +43,6 @@ PROTOCOL = "mirai"
 # recursing further, so runaway or hostile nesting cannot exhaust the stack.
 _MAX_DEPTH = 16
 
-# mirai message ids are signed Ints (often negative), so a minus sign must still count as a number.
-_NUMBER = re.compile(r"-?[0-9]{1,19}")
 
 _Element: TypeAlias = Mapping[str, Any]
 _Json: TypeAlias = dict[str, Any]
@@ -54,10 +57,6 @@ class DecodedChain:
     time: int = 0
 
 
-class _Malformed(Exception):
-    """A field's value cannot be turned into the model's field."""
-
-
 # --- tolerant field getters: missing or null always gives the default ---------------------------
 
 
@@ -70,36 +69,6 @@ def _str(el: _Element, key: str) -> str:
     raise _Malformed(key)
 
 
-def _id(el: _Element, key: str) -> str:
-    """An opaque id that mirai may send as a number or a string."""
-    value = el.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _Malformed(key)
-
-
-def _number_id(el: _Element, key: str) -> str:
-    """A QQ, group or message number: anything but digits means the element is not what it claims."""
-    value = _id(el, key)
-    if value and not _NUMBER.fullmatch(value):
-        raise _Malformed(key)
-    return value
-
-
-def _int(el: _Element, key: str) -> int:
-    # Sizes and lengths are informational, so a bad one is not worth losing the element over.
-    value = el.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _NUMBER.fullmatch(value):
-        return int(value)
-    return 0
-
-
 def _flag(el: _Element, key: str) -> bool:
     return el.get(key) is True
 
@@ -110,15 +79,6 @@ def _str_tuple(el: _Element, key: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return tuple(value)
-    raise _Malformed(key)
-
-
-def _mapping(el: _Element, key: str) -> _Element:
-    value = el.get(key)
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return value
     raise _Malformed(key)
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from adapters.fields import NUMBER as _NUMBER
+from adapters.fields import Malformed as _Malformed
+from adapters.fields import integer as _int
+from adapters.fields import mapping as _mapping
+from adapters.fields import number_id as _number_id
+from adapters.fields import text as _str
 from core.message import (
     At,
     AtAll,
@@ -39,8 +44,6 @@ PROTOCOL = "onebot"
 # so runaway or hostile nesting cannot exhaust the stack.
 _MAX_DEPTH = 16
 
-# QQ numbers and message ids; go-cqhttp message ids are signed int32, so a minus sign still counts.
-_NUMBER = re.compile(r"-?[0-9]{1,19}")
 
 _CQ_OPEN = "[CQ:"
 
@@ -48,50 +51,7 @@ _Data: TypeAlias = Mapping[str, Any]
 _Json: TypeAlias = dict[str, Any]
 
 
-class _Malformed(Exception):
-    """A field's value cannot be turned into the model's field."""
-
-
 # --- tolerant field getters: missing or null always gives the default ---------------------------
-
-
-def _str(data: _Data, key: str) -> str:
-    """A string field; OneBot says strings, but implementations send ids and sizes as numbers too."""
-    value = data.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _Malformed(key)
-
-
-def _number_id(data: _Data, key: str) -> str:
-    """A QQ number: anything but digits means the segment is not what it claims."""
-    value = _str(data, key)
-    if value and not _NUMBER.fullmatch(value):
-        raise _Malformed(key)
-    return value
-
-
-def _int(data: _Data, key: str) -> int:
-    # Sizes and dice results are informational, so a bad one is not worth losing the segment over.
-    value = data.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return int(value)
-    return 0
-
-
-def _mapping(data: _Data, key: str) -> _Data:
-    value = data.get(key)
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return value
-    raise _Malformed(key)
 
 
 def _first(data: _Data, *keys: str) -> Any:
@@ -372,7 +332,10 @@ _DECODERS: dict[str, Callable[[_Data, int], Segment]] = {
     "image": _image,
     "record": lambda d, depth: Voice(id=_str(d, "file"), url=_str(d, "url")),
     "video": lambda d, depth: Video(
-        id=_str(d, "file"), url=_str(d, "url"), name=_str(d, "name"), size=_int(d, "file_size")
+        id=_str(d, "file"),
+        url=_str(d, "url"),
+        name=_str(d, "name"),
+        size=_int(d, "file_size"),
     ),
     "at": _at,
     "reply": _reply,

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_config(path)
         if not args.console and not settings.platforms():
-            raise ConfigError("mirai", "没有启用任何聊天平台，请填写 [mirai]、[onebot]、[milky] 或 [satori] (no platform)")
+            raise ConfigError("mirai", "没有启用任何聊天平台，请填写 [mirai]、[onebot]、[milky] 或 [satori]")
     except ConfigError as exc:
         print(exc.one_line(), file=sys.stderr)
         return EXIT_CONFIG

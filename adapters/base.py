@@ -29,6 +29,7 @@ ADAPTERS: dict[str, str] = {
     "onebot": "adapters.onebot.adapter:create",
     "milky": "adapters.milky.adapter:MilkyAdapter",
     "satori": "adapters.satori.adapter:SatoriAdapter",
+    "qqbot": "adapters.qqbot.adapter:QQBotAdapter",
     "console": "adapters.console.adapter:ConsoleAdapter",
 }
 
@@ -64,6 +65,7 @@ class Adapter(ABC):
     protocol: ClassVar[str] = ""
     max_text_length: ClassVar[int] = 4500
     supports_forward: ClassVar[bool] = False  # can send merged-forward (合并转发) messages
+    max_replies: ClassVar[int] = 0  # replies allowed per incoming message (0: no limit)
     outbox_size: ClassVar[int] = 200
     outbox_max_age: ClassVar[float] = 3600.0
 

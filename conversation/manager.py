@@ -278,6 +278,10 @@ class ConversationManager:
                 return
         limit = adapter.max_text_length if adapter is not None else 4500
         messages = pack(parts, limit)
+        if adapter is not None and adapter.max_replies and len(messages) > adapter.max_replies:
+            # e.g. the official QQ API: at most 5 replies to one message; the rest goes into the last
+            keep = adapter.max_replies - 1
+            messages = [*messages[:keep], "\n\n".join(messages[keep:])]
         too_long = response.forward_threshold and len(text) > response.forward_threshold
         if too_long and adapter is not None and adapter.supports_forward:
             name = adapter.nickname or "ChatGPT"

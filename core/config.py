@@ -115,6 +115,46 @@ class SatoriSettings(Section):
         return _id_list(value)
 
 
+class QQBotSettings(Section):
+    """`[qqbot]`: the official QQ bot API (QQ 开放平台), by gateway WebSocket or webhook."""
+
+    enable: bool = True
+    appid: str
+    secret: SecretStr
+    sandbox: bool = False
+    mode: Literal["websocket", "webhook"] = "websocket"
+    shards: int = Field(1, ge=1)
+    shard_index: int | None = Field(None, ge=0)  # None: this process runs every shard
+    webhook_host: str = "0.0.0.0"
+    webhook_port: Port = 8080
+    webhook_path: str = "/qqbot"
+    api_base: str = ""
+    token_url: str = "https://bots.qq.com/app/getAppAccessToken"
+    manager_openids: tuple[str, ...] = ()
+
+    @field_validator("appid", mode="before")
+    @classmethod
+    def _appid_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("manager_openids", mode="before")
+    @classmethod
+    def _openids(cls, value: Any) -> Any:
+        return _id_list(value)
+
+    @property
+    def base_url(self) -> str:
+        """`api_base`, else production or the sandbox."""
+        if self.api_base:
+            return self.api_base.rstrip("/")
+        return "https://sandbox.api.sgroup.qq.com" if self.sandbox else "https://api.sgroup.qq.com"
+
+    @property
+    def manager_qq(self) -> tuple[str, ...]:
+        """Admins, under the name every adapter reads."""
+        return self.manager_openids
+
+
 class OpenAIAccount(Section):
     """One `[[openai.accounts]]` entry."""
 
@@ -340,6 +380,7 @@ class Settings(Section):
     onebot: list[OneBotSettings] = Field(default_factory=list)
     milky: list[MilkySettings] = Field(default_factory=list)
     satori: list[SatoriSettings] = Field(default_factory=list)
+    qqbot: list[QQBotSettings] = Field(default_factory=list)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
@@ -363,7 +404,7 @@ class Settings(Section):
         return found
 
 
-PLATFORM_SECTIONS = ("mirai", "onebot", "milky", "satori")
+PLATFORM_SECTIONS = ("mirai", "onebot", "milky", "satori", "qqbot")
 # chatgpt-mirai-qq-bot v2 spelled the sampling table this way; its files keep working.
 _ALIASES = {("openai", "gpt3_params"): "gpt_params"}
 

@@ -115,6 +115,16 @@ class SatoriSettings(Section):
         return _id_list(value)
 
 
+class QQBotResourceSettings(Section):
+    """`[qqbot.resource]`: the built-in file server Tencent fetches pictures from."""
+
+    host: str = "0.0.0.0"
+    port: Port = 8081
+    resource_path: str = "/qqbot-files"
+    public_url: str = ""  # how Tencent reaches host:port, e.g. "https://bot.example.com"; empty: server off
+    keep_seconds: int = Field(600, ge=60)
+
+
 class QQBotSettings(Section):
     """`[qqbot]`: the official QQ bot API (QQ 开放平台), by gateway WebSocket or webhook."""
 
@@ -131,6 +141,8 @@ class QQBotSettings(Section):
     api_base: str = ""
     token_url: str = "https://bots.qq.com/app/getAppAccessToken"
     manager_openids: tuple[str, ...] = ()
+    uploader: str = ""  # "module:function": an async function taking bytes, returning a public URL
+    resource: QQBotResourceSettings = Field(default_factory=QQBotResourceSettings)
 
     @field_validator("appid", mode="before")
     @classmethod

@@ -176,3 +176,34 @@ async def test_webhook_signatures_and_validation(qq: Any, fake_llm: FakeOpenAI) 
     [reply] = await q.replies(1)
     assert reply["target"] == "U9" and reply["body"]["content"] == "echo: 回调来的"
     assert len(fake_llm.requests) == 1
+
+
+async def test_rendered_answer_goes_through_the_resource_server(qq: Any, fake_llm: FakeOpenAI) -> None:
+    port = free_port()
+    resource = {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"}
+    q = await qq({"response": {"mode": "image"}}, resource=resource)
+    await q.platform.push_c2c("U1", "请发成图片")
+    [reply] = await q.replies(1)
+    assert reply["body"]["msg_type"] == 7
+    [upload] = q.platform.uploads
+    assert upload["ok"] and upload["url"].startswith(f"http://127.0.0.1:{port}/qqbot-files/")
+    assert upload["size"] > 1000  # the fake fetched the rendered PNG from the bot
+
+
+async def test_custom_uploader_is_used(
+    qq: Any, fake_llm: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.image_server import FakeImageServer
+
+    images = FakeImageServer()
+    base = await images.start()
+    module = tmp_path / "my_uploader.py"
+    module.write_text(f"async def upload(data):\n    return '{base}/cat.png'\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        q = await qq({"response": {"mode": "image"}}, uploader="my_uploader:upload")
+        await q.platform.push_c2c("U1", "图片")
+        [reply] = await q.replies(1)
+        assert reply["body"]["msg_type"] == 7 and q.platform.uploads[0]["url"] == f"{base}/cat.png"
+    finally:
+        await images.stop()

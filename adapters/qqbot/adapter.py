@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,7 @@ from aiohttp import WSMsgType, web
 from adapters.base import Adapter, EventSink, json_object
 from adapters.link import keep_connected
 from adapters.listen import listen
+from adapters.qqbot.resource import ResourceServer, Uploader, load_uploader, public_url
 from adapters.qqbot.signing import key_from_secret, validation_answer, verify
 from core.config import QQBotSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
@@ -77,12 +80,19 @@ class QQBotAdapter(Adapter):
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self._up_shards: set[int] = set()
+        self._uploader: Uploader | None = None
+        self._resources: ResourceServer | None = None
         self.port: int | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
+        if self.settings.uploader:
+            self._uploader = load_uploader(self.settings.uploader)
+        if self.settings.resource.public_url:
+            self._resources = ResourceServer(self.settings.resource)
+            await self._resources.start()
         if self.settings.mode == "webhook":
             app = web.Application(client_max_size=4 * 1024 * 1024)
             app.router.add_post(self.settings.webhook_path, self._webhook)
@@ -102,6 +112,8 @@ class QQBotAdapter(Adapter):
         await super().stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._resources is not None:
+            await self._resources.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -266,19 +278,31 @@ class QQBotAdapter(Adapter):
         path = f"/v2/groups/{target.group_id}/messages" if group else f"/v2/users/{target.user_id}/messages"
         body: dict[str, Any] = {"msg_id": incoming.msg_id, "msg_seq": incoming.replies}
         image = next((seg for seg in message if isinstance(seg, Image)), None)
-        if image is not None and not image.url.startswith(("http://", "https://")):
-            self.log.warning("a picture without a public URL cannot be sent through the QQ API yet; sending text")
-        if image is not None and image.url.startswith(("http://", "https://")):
+        url = await self._picture_url(image) if image is not None else ""
+        if url:
             kind = "groups" if group else "users"
             target_id = target.group_id if group else target.user_id
-            upload = await self.api(
-                "POST", f"/v2/{kind}/{target_id}/files", {"file_type": 1, "url": image.url, "srv_send_msg": False}
-            )
+            media = {"file_type": 1, "url": url, "srv_send_msg": False}
+            upload = await self.api("POST", f"/v2/{kind}/{target_id}/files", media)
             body |= {"msg_type": 7, "content": " ", "media": {"file_info": json_object(upload).get("file_info", "")}}
         else:
             body |= {"msg_type": 0, "content": unlinkable(describe(message))}
         data = await self.api("POST", path, body)
         return str(json_object(data).get("id") or "") or None
+
+    async def _picture_url(self, image: Image) -> str:
+        """A URL Tencent can fetch the picture from ("" when there is none: the text is sent instead)."""
+        if image.url.startswith(("http://", "https://")):
+            return image.url
+        try:
+            if image.base64:
+                data = base64.b64decode(image.base64)
+            else:
+                data = await asyncio.to_thread(Path(image.path).read_bytes)
+            return await public_url(data, self._uploader, self._resources)
+        except (AdapterError, OSError, ValueError) as exc:
+            self.log.warning("a picture could not be sent: {}; sending text", exc)
+            return ""
 
 
 class _Shard:

@@ -407,6 +407,9 @@ class _Shard:
                 code,
             )
             return f"closed ({code}), fatal"
+        if code == 4004:
+            self.adapter._token = ""  # noqa: SLF001 - the token was refused: fetch a fresh one
+            return "closed (4004): token refused, fetching a new one"
         if code in REIDENTIFY_CODES:
             self.session_id, self.seq = "", None
             return f"closed ({code}), identifying again"

@@ -408,7 +408,7 @@ class _Shard:
             )
             return f"closed ({code}), fatal"
         if code == 4004:
-            self.adapter._token = ""  # noqa: SLF001 - the token was refused: fetch a fresh one
+            self.adapter._token = ""  # the token was refused: fetch a fresh one
             return "closed (4004): token refused, fetching a new one"
         if code in REIDENTIFY_CODES:
             self.session_id, self.seq = "", None

@@ -153,6 +153,48 @@ async def serve(settings: Settings, console: bool = False) -> int:
     return 0
 
 
+async def check(settings: Settings, wait: float = 5.0) -> int:
+    """`--check`: the config, the database, each model account and each platform link, once; a table."""
+    from llm.openai_compat import OpenAICompatible
+    from storage.store import SqlHistoryStore
+
+    rows: list[tuple[str, bool, str]] = [("config", True, str(settings.path))]
+    try:
+        store = await SqlHistoryStore.open(settings.database.url)
+        await store.close()
+        rows.append(("database", True, settings.database.url.split("://")[0]))
+    except BotError as exc:
+        rows.append(("database", False, str(exc)))
+    model = OpenAICompatible(settings.openai)
+    for name, ok, detail in await model.check():
+        rows.append((f"model account {name}", ok, detail))
+    await model.close()
+    for name, section in settings.platforms():
+        adapter = adapter_factory(name)(name, section, _ignore_event)
+        try:
+            await adapter.start()
+            await adapter.wait_connected(wait)
+            port = getattr(adapter, "port", None)
+            if adapter.connected:
+                rows.append((f"platform {name}", True, "connected"))
+            elif port:
+                rows.append((f"platform {name}", True, f"listening on port {port}, waiting for the QQ side"))
+            else:
+                rows.append((f"platform {name}", False, f"not connected within {wait:g}s (see the log above)"))
+        except BotError as exc:
+            rows.append((f"platform {name}", False, str(exc)))
+        finally:
+            await adapter.stop()
+    width = max(len(what) for what, _, _ in rows)
+    for what, ok, detail in rows:
+        print(f"{'OK  ' if ok else 'FAIL'}  {what:<{width}}  {detail}")
+    return 0 if all(ok for _, ok, _ in rows) else 1
+
+
+async def _ignore_event(event: object) -> None:
+    """`--check` only looks at links; events that arrive meanwhile are dropped."""
+
+
 def _install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,6 +209,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ChatGPT QQ 机器人 / ChatGPT bot for QQ")
     parser.add_argument("--config", default="config.toml", help="配置文件路径 (default: config.toml)")
     parser.add_argument("--console", action="store_true", help="在终端里对话，用于检查模型设置 (chat in the terminal)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="检查配置、数据库、模型账号和平台连接后退出 (test every part once, then exit)",
+    )
     return parser.parse_args(argv)
 
 
@@ -183,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         settings = load_config(path)
-        if not args.console and not settings.platforms():
+        if not args.console and not args.check and not settings.platforms():
             raise ConfigError("mirai", "没有启用任何聊天平台，请填写 [mirai]、[onebot]、[milky] 或 [satori]")
     except ConfigError as exc:
         print(exc.one_line(), file=sys.stderr)
@@ -192,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     for warning in settings.warnings:
         logger.warning(warning)
     try:
+        if args.check:
+            return asyncio.run(check(settings))
         return asyncio.run(serve(settings, console=args.console))
     except KeyboardInterrupt:
         return 0

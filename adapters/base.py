@@ -86,6 +86,15 @@ class Adapter(ABC):
         """True while the platform link is up and verified."""
         return self._link_ready.is_set()
 
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the link; whether it is up."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._link_ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
     @abstractmethod
     async def start(self) -> None:
         """Begin listening or connecting; returns without waiting for the peer."""

@@ -74,3 +74,28 @@ async def test_sigterm_stops_within_five_seconds_and_keeps_history(
     logged = log_file.read_text(encoding="utf-8")
     assert "connected to mirai-api-http" in logged and "stopped" in logged
     assert "sk-test" not in logged and VERIFY_KEY not in logged
+
+
+async def test_check_reports_every_part(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
+    from tests.fakes.mirai_server import FakeMiraiServer
+
+    server = FakeMiraiServer(VERIFY_KEY, BOT_QQ)
+    await server.start()
+    url = server.base_url
+    forward = {"reverse_ws_port": None, "reverse_ws_host": None, "ws_url": url, "http_url": url}
+    try:
+        good = write_config({"mirai": forward})
+        process = await spawn_bot(good, "--check")
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        table = stdout.decode()
+        assert process.returncode == 0, table + stderr.decode()[-2000:]
+        assert "OK    database" in table and "OK    model account main" in table and "OK    platform mirai" in table
+        fake_llm.fail_key("sk-test-1")
+        broken = write_config({"mirai": {**forward, "api_key": "wrong-key"}}, name="broken.toml")
+        process = await spawn_bot(broken, "--check")
+        stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+        table = stdout.decode()
+        assert process.returncode == 1
+        assert "FAIL  model account main  auth" in table and "FAIL  platform mirai" in table
+    finally:
+        await server.stop()

@@ -1,0 +1,45 @@
+# ChatGPT QQ 机器人 / ChatGPT QQ bot
+# 构建 build:  docker build -t chatgpt-qq-bot .
+# 运行 run:    docker compose up -d   (见 docs/deploy.md)
+# 挂载 mounts: /app/config.toml（配置文件，只读即可 / config, read-only is fine）
+#              /app/data（聊天记录数据库 data/bot.sqlite3 / history database）
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HEALTH_PORT=8554
+
+# 中文字体：把长回复渲染成图片时需要 / CJK font for replies rendered as images
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-wqy-microhei \
+    && rm -rf /var/lib/apt/lists/*
+
+# 固定 uid 1000，方便宿主机上 chown 1000:1000 data / fixed uid so the host can chown the data dir
+RUN useradd --create-home --uid 1000 --user-group bot
+
+WORKDIR /app
+
+# 先装依赖，代码改动时可复用这一层 / dependencies first, so code changes reuse this layer
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY . .
+RUN mkdir -p /app/data && chown -R bot:bot /app/data
+
+USER bot
+
+VOLUME ["/app/data"]
+
+# 8554 = [mirai] reverse_ws_port（mirai-api-http 反向 WS）; 8566 = [onebot] reverse_ws_port（OneBot 反向 WS）
+EXPOSE 8554 8566
+
+# 存活检查：能连上本程序监听的端口即可（NapCat/OneBot 部署设 HEALTH_PORT=8566）
+# Liveness: a TCP connection to the listening port (set HEALTH_PORT=8566 when only [onebot] listens)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ.get('HEALTH_PORT', '8554'))), 3).close()"]
+
+# 没有挂载 /app/config.toml 时，用内置的 config.example.toml 启动并醒目提示
+# Without a mounted /app/config.toml, start with the bundled example and say so loudly.
+ENTRYPOINT ["/bin/sh", "-c", "if [ ! -f /app/config.toml ]; then echo '!!! 没有挂载配置文件 /app/config.toml，正在使用内置的 config.example.toml 启动，请挂载你自己的 config.toml（见 docs/deploy.md）' >&2; echo '!!! No config.toml mounted at /app/config.toml: starting with the bundled config.example.toml. Mount your own config.toml (see docs/deploy.md).' >&2; case \" $* \" in *' --config'*) ;; *) set -- \"$@\" --config config.example.toml ;; esac; fi; if [ ! -w /app/data ]; then echo '!!! /app/data 不可写，聊天记录无法保存：在宿主机上执行 chown -R 1000:1000 data / /app/data is not writable: run chown -R 1000:1000 data on the host' >&2; fi; exec \"$@\"", "entrypoint"]
+CMD ["python", "bot.py"]

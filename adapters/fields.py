@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
+
+from core.message import Raw, Segment
 
 # QQ numbers, message ids and sequences; ids are often signed, so a minus sign still counts.
 NUMBER = re.compile(r"-?[0-9]{1,19}")
@@ -54,3 +56,29 @@ def mapping(data: Data, key: str) -> Data:
     if isinstance(value, Mapping):
         return value
     raise Malformed(key)
+
+
+SegmentDecoder = Callable[[Data, int], Segment]
+
+
+def decode_typed(el: object, depth: int, protocol: str, decoders: Mapping[str, SegmentDecoder]) -> Segment:
+    """One `{"type": T, "data": {...}}` segment (OneBot, Milky) through the codec's table.
+
+    Never raises: an unknown type, or a segment whose fields do not fit, is kept whole as Raw so it
+    is not lost (and goes back out unchanged to the same protocol).
+    """
+    if not isinstance(el, Mapping) or not isinstance(el.get("type"), str):
+        return Raw(protocol, "", {"value": repr(el)})
+    kind: str = el["type"]
+    data = el.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        return Raw(protocol, kind, {"value": data})
+    decoder = decoders.get(kind)
+    if decoder is None:
+        return Raw(protocol, kind, dict(data))
+    try:
+        return decoder(data, depth)
+    except (Malformed, ValueError, TypeError):
+        return Raw(protocol, kind, dict(data))

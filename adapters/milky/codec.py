@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from adapters.fields import NUMBER as _NUMBER
 from adapters.fields import Malformed as _Malformed
+from adapters.fields import decode_typed
 from adapters.fields import integer as _int
 from adapters.fields import number_id as _number_id
 from adapters.fields import text as _str
@@ -141,23 +142,7 @@ _DECODERS: dict[str, Callable[[_Data, int], Segment]] = {
 
 
 def _decode_segment(el: object, depth: int) -> Segment:
-    if not isinstance(el, Mapping) or not isinstance(el.get("type"), str):
-        return Raw(PROTOCOL, "", {"value": repr(el)})
-    kind: str = el["type"]
-    data = el.get("data")
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        return Raw(PROTOCOL, kind, {"value": data})
-    decoder = _DECODERS.get(kind)
-    if decoder is None:
-        # A segment type newer than this codec: kept whole, and Raw("milky") goes back out unchanged.
-        return Raw(PROTOCOL, kind, dict(data))
-    try:
-        return decoder(data, depth)
-    except (_Malformed, ValueError, TypeError):
-        # Wire data is untrusted: keep a bad segment whole as Raw rather than lose the whole message.
-        return Raw(PROTOCOL, kind, dict(data))
+    return decode_typed(el, depth, PROTOCOL, _DECODERS)
 
 
 def _decode(items: list[Any], depth: int) -> Message:

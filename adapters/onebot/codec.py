@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 from adapters.fields import NUMBER as _NUMBER
 from adapters.fields import Malformed as _Malformed
+from adapters.fields import decode_typed
 from adapters.fields import integer as _int
 from adapters.fields import mapping as _mapping
 from adapters.fields import number_id as _number_id
@@ -355,22 +356,7 @@ _DECODERS: dict[str, Callable[[_Data, int], Segment]] = {
 
 
 def _decode_segment(el: object, depth: int) -> Segment:
-    if not isinstance(el, Mapping) or not isinstance(el.get("type"), str):
-        return Raw(PROTOCOL, "", {"value": repr(el)})
-    kind: str = el["type"]
-    data = el.get("data")
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        return Raw(PROTOCOL, kind, {"value": data})
-    decoder = _DECODERS.get(kind)
-    if decoder is None:
-        return Raw(PROTOCOL, kind, dict(data))
-    try:
-        return decoder(data, depth)
-    except (_Malformed, ValueError, TypeError):
-        # Wire data is untrusted: keep a bad segment whole as Raw rather than lose the whole message.
-        return Raw(PROTOCOL, kind, dict(data))
+    return decode_typed(el, depth, PROTOCOL, _DECODERS)
 
 
 def _decode(items: list[Any], depth: int) -> Message:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -32,6 +33,19 @@ ADAPTERS: dict[str, str] = {
     "qqbot": "adapters.qqbot.adapter:QQBotAdapter",
     "console": "adapters.console.adapter:ConsoleAdapter",
 }
+
+
+def parse_frame(log: Any, data: str | bytes) -> dict[str, Any] | None:
+    """A wire frame as a JSON object, or None: a malformed one is logged and dropped, never raised."""
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        log.warning("dropped a malformed frame ({} bytes)", len(data))
+        return None
+    if not isinstance(frame, dict):
+        log.warning("dropped a frame that is not a JSON object")
+        return None
+    return frame
 
 
 def json_object(value: object) -> dict[str, Any]:

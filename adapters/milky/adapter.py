@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from adapters.base import Adapter, EventSink, json_object
+from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.link import keep_connected
 from adapters.listen import listen
 from adapters.milky.codec import decode_segments, encode_segments, message_segments
@@ -165,13 +164,8 @@ class MilkyAdapter(Adapter):
         return web.Response(status=204)
 
     async def _on_text(self, text: str) -> None:
-        try:
-            event = json.loads(text)
-        except ValueError:
-            self.log.warning("dropped a malformed Milky event ({} bytes)", len(text))
-            return
-        if not isinstance(event, dict):
-            self.log.warning("dropped a Milky event that is not an object")
+        event = parse_frame(self.log, text)
+        if event is None:
             return
         try:
             await self._on_event(event)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
-from adapters.base import Adapter, EventSink, json_object
+from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.mirai.codec import decode_chain, encode_chain
 from core.config import MiraiSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
@@ -133,13 +133,8 @@ class MiraiBase(Adapter):
                 if msg.type is WSMsgType.ERROR:
                     self.log.warning("websocket error: {}", ws.exception())
                 continue
-            try:
-                frame = json.loads(msg.data)
-            except ValueError:
-                self.log.warning("dropped a malformed frame ({} bytes)", len(msg.data))
-                continue
-            if not isinstance(frame, dict):
-                self.log.warning("dropped a frame that is not an object")
+            frame = parse_frame(self.log, msg.data)
+            if frame is None:
                 continue
             try:
                 await self._on_frame(ws, frame)

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from adapters.base import parse_frame
 from adapters.link import keep_connected
 from adapters.listen import listen
 from adapters.onebot.base import OneBotBase, token_matches
@@ -22,22 +23,6 @@ MAX_FRAME = 16 * 1024 * 1024
 HEARTBEAT = 30.0
 DEFAULT_HEARTBEAT_MS = 15000  # the spec's default interval
 _TOKEN_HINT = " (check [onebot] access_token)"
-
-
-class _Socket:
-    """Shared receive loop: JSON frames are responses (echo) or events; bad frames are logged and dropped."""
-
-    @staticmethod
-    def parse(adapter: OneBotBase, data: str) -> dict[str, Any] | None:
-        try:
-            frame = json.loads(data)
-        except ValueError:
-            adapter.log.warning("dropped a malformed frame ({} bytes)", len(data))
-            return None
-        if not isinstance(frame, dict):
-            adapter.log.warning("dropped a frame that is not an object")
-            return None
-        return frame
 
 
 async def _dispatch(adapter: OneBotBase, frame: dict[str, Any]) -> None:
@@ -105,7 +90,7 @@ class OneBotReverse(OneBotBase):
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
-                    frame = _Socket.parse(self, msg.data)
+                    frame = parse_frame(self.log, msg.data)
                     if frame is not None:
                         await _dispatch(self, frame)
         finally:
@@ -189,7 +174,7 @@ class OneBotForward(OneBotBase):
                 await ws.close()
                 return f"no heartbeat for {self._silence_limit:.0f}s"
             if msg.type is WSMsgType.TEXT:
-                frame = _Socket.parse(self, msg.data)
+                frame = parse_frame(self.log, msg.data)
                 if frame is not None:
                     await _dispatch(self, frame)
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
@@ -308,7 +293,7 @@ class OneBotHttp(OneBotBase):
                     "refused a OneBot event from {}: bad X-Signature (check [onebot] secret)", request.remote
                 )
                 return web.Response(status=403)
-        frame = _Socket.parse(self, body.decode("utf-8", errors="replace"))
+        frame = parse_frame(self.log, body.decode("utf-8", errors="replace"))
         if frame is not None:
             self.tasks.spawn(_dispatch(self, frame), name=f"{self.instance}-event")
         return web.Response(status=204)
@@ -332,7 +317,7 @@ class OneBotHttp(OneBotBase):
                 self._link_up()
                 self.tasks.spawn(self._login(), name=f"{self.instance}-login")
                 async for data in sse_data(response.content):
-                    frame = _Socket.parse(self, data)
+                    frame = parse_frame(self.log, data)
                     if frame is not None:
                         await _dispatch(self, frame)
                 return True, "stream ended"

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from adapters.base import Adapter, EventSink, json_object
+from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.link import keep_connected
 from adapters.listen import listen
 from adapters.qqbot.resource import ResourceServer, Uploader, load_uploader, public_url
@@ -347,12 +347,8 @@ class _Shard:
                         msg = await ws.receive()
                         if msg.type is not WSMsgType.TEXT:
                             break
-                        try:
-                            payload = json.loads(msg.data)
-                        except ValueError:
-                            adapter.log.warning("dropped a malformed gateway frame")
-                            continue
-                        if not isinstance(payload, dict):
+                        payload = parse_frame(adapter.log, msg.data)
+                        if payload is None:
                             continue
                         ready = await self._on_payload(ws, payload, acked) or ready
                 finally:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 
-from adapters.base import Adapter, EventSink, json_object
+from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.link import keep_connected
 from adapters.satori.codec import decode_content, encode_content
 from core.config import SatoriSettings
@@ -98,12 +98,8 @@ class SatoriAdapter(Adapter):
                 return ready, f"closed ({code}){hint}"
             if msg.type is not WSMsgType.TEXT:
                 continue
-            try:
-                signal = json.loads(msg.data)
-            except ValueError:
-                self.log.warning("dropped a malformed Satori frame ({} bytes)", len(msg.data))
-                continue
-            if not isinstance(signal, dict):
+            signal = parse_frame(self.log, msg.data)
+            if signal is None:
                 continue
             op, body = signal.get("op"), signal.get("body")
             body = body if isinstance(body, dict) else {}

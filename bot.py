@@ -12,7 +12,8 @@ from typing import Any
 
 from loguru import logger
 
-from adapters.base import Adapter, adapter_factory
+from adapters.base import Adapter
+from adapters.registry import adapter_factory
 from core.config import Settings, load_config
 from core.errors import BotError, ConfigError
 from core.log import setup_logging

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -23,17 +22,6 @@ EventSink = Callable[[Event], Awaitable[None]]
 
 AdapterFactory = Callable[[str, Any, EventSink], "Adapter"]
 
-# name of the config section -> "module:factory" (a class or a function choosing one); imported
-# only when that section is configured, so an unused protocol costs no start-up time.
-ADAPTERS: dict[str, str] = {
-    "mirai": "adapters.mirai.adapter:create",
-    "onebot": "adapters.onebot.adapter:create",
-    "milky": "adapters.milky.adapter:MilkyAdapter",
-    "satori": "adapters.satori.adapter:SatoriAdapter",
-    "qqbot": "adapters.qqbot.adapter:QQBotAdapter",
-    "console": "adapters.console.adapter:ConsoleAdapter",
-}
-
 
 def parse_frame(log: Any, data: str | bytes) -> dict[str, Any] | None:
     """A wire frame as a JSON object, or None: a malformed one is logged and dropped, never raised."""
@@ -51,13 +39,6 @@ def parse_frame(log: Any, data: str | bytes) -> dict[str, Any] | None:
 def json_object(value: object) -> dict[str, Any]:
     """`value` when it is a JSON object, else an empty one: wire fields may be missing or malformed."""
     return value if isinstance(value, dict) else {}
-
-
-def adapter_factory(name: str) -> AdapterFactory:
-    """What builds the adapter registered under `name`; raises KeyError for an unknown name."""
-    module_name, _, attribute = ADAPTERS[name].partition(":")
-    factory: AdapterFactory = getattr(importlib.import_module(module_name), attribute)
-    return factory
 
 
 @dataclass(slots=True)

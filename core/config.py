@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import tomlkit
 import tomlkit.exceptions
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from core.errors import ConfigError
 
@@ -33,138 +33,22 @@ def _id_list(value: Any) -> Any:
     return value
 
 
-class MiraiSettings(Section):
-    """`[mirai]`: mirai-api-http, reverse WS (bot listens) or forward WS + HTTP (bot connects)."""
+# Manager ids and the like: one id or a list, numbers or strings.
+IdList = Annotated[tuple[str, ...], BeforeValidator(_id_list)]
 
-    enable: bool = True
-    qq: int
-    api_key: SecretStr
-    manager_qq: tuple[str, ...] = ()
-    reverse_ws_host: str = "0.0.0.0"
-    reverse_ws_port: Port | None = None
-    reverse_ws_token: str = ""
-    http_url: str = "http://localhost:8080"
-    ws_url: str = "http://localhost:8080"
-
-    @field_validator("manager_qq", mode="before")
-    @classmethod
-    def _manager_ids(cls, value: Any) -> Any:
-        return _id_list(value)
+# Platform sections ([mirai], [onebot], ...) and their settings models, in the order adapters start.
+# Filled by adapters/registry.py, so adding a protocol never touches this file.
+_PLATFORMS: dict[str, type[Section]] = {}
 
 
-class OneBotSettings(Section):
-    """`[onebot]`: OneBot 11 (LLBot, NapCat); the mode follows from which keys are set."""
-
-    enable: bool = True
-    qq: int = 0  # optional: learned from X-Self-ID / get_login_info
-    manager_qq: tuple[str, ...] = ()
-    access_token: SecretStr = SecretStr("")
-    ws_url: str = ""
-    http_url: str = ""
-    http_post_host: str = "0.0.0.0"
-    http_post_port: Port | None = None
-    secret: SecretStr = SecretStr("")
-    reverse_ws_host: str = "0.0.0.0"
-    reverse_ws_port: Port = 8566
-
-    @field_validator("manager_qq", mode="before")
-    @classmethod
-    def _manager_ids(cls, value: Any) -> Any:
-        return _id_list(value)
-
-    @property
-    def mode(self) -> str:
-        """ "forward-ws", "http-post", "http-sse" or "reverse-ws", by DESIGN's rules."""
-        if self.ws_url:
-            return "forward-ws"
-        if self.http_url:
-            return "http-post" if self.http_post_port else "http-sse"
-        return "reverse-ws"
+def register_platform(name: str, model: type[Section]) -> None:
+    """Make `[name]` (or `[[name]]`) a platform section validated by `model`."""
+    _PLATFORMS[name] = model
 
 
-class MilkySettings(Section):
-    """`[milky]`: a Milky implementation (LLBot): API over HTTP, events by WS, SSE or webhook."""
-
-    enable: bool = True
-    url: str = "http://localhost:3010"
-    access_token: SecretStr = SecretStr("")
-    event_transport: Literal["ws", "sse", "webhook"] = "ws"
-    webhook_host: str = "0.0.0.0"
-    webhook_port: Port | None = None
-    manager_qq: tuple[str, ...] = ()
-
-    @field_validator("manager_qq", mode="before")
-    @classmethod
-    def _manager_ids(cls, value: Any) -> Any:
-        return _id_list(value)
-
-
-class SatoriSettings(Section):
-    """`[satori]`: a Satori server (LLBot, Chronocat, Koishi): events over WS, messages over HTTP."""
-
-    enable: bool = True
-    url: str = "http://localhost:5600"
-    token: SecretStr = SecretStr("")
-    platform: str = ""  # learned from READY's logins when empty; a set value wins
-    self_id: str = ""
-    manager_qq: tuple[str, ...] = ()
-
-    @field_validator("manager_qq", mode="before")
-    @classmethod
-    def _manager_ids(cls, value: Any) -> Any:
-        return _id_list(value)
-
-
-class QQBotResourceSettings(Section):
-    """`[qqbot.resource]`: the built-in file server Tencent fetches pictures from."""
-
-    host: str = "0.0.0.0"
-    port: Port = 8081
-    resource_path: str = "/qqbot-files"
-    public_url: str = ""  # how Tencent reaches host:port, e.g. "https://bot.example.com"; empty: server off
-    keep_seconds: int = Field(600, ge=60)
-
-
-class QQBotSettings(Section):
-    """`[qqbot]`: the official QQ bot API (QQ 开放平台), by gateway WebSocket or webhook."""
-
-    enable: bool = True
-    appid: str
-    secret: SecretStr
-    sandbox: bool = False
-    mode: Literal["websocket", "webhook"] = "websocket"
-    shards: int = Field(1, ge=1)
-    shard_index: int | None = Field(None, ge=0)  # None: this process runs every shard
-    webhook_host: str = "0.0.0.0"
-    webhook_port: Port = 8080
-    webhook_path: str = "/qqbot"
-    api_base: str = ""
-    token_url: str = "https://bots.qq.com/app/getAppAccessToken"
-    manager_openids: tuple[str, ...] = ()
-    uploader: str = ""  # "module:function": an async function taking bytes, returning a public URL
-    resource: QQBotResourceSettings = Field(default_factory=QQBotResourceSettings)
-
-    @field_validator("appid", mode="before")
-    @classmethod
-    def _appid_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("manager_openids", mode="before")
-    @classmethod
-    def _openids(cls, value: Any) -> Any:
-        return _id_list(value)
-
-    @property
-    def base_url(self) -> str:
-        """`api_base`, else production or the sandbox."""
-        if self.api_base:
-            return self.api_base.rstrip("/")
-        return "https://sandbox.api.sgroup.qq.com" if self.sandbox else "https://api.sgroup.qq.com"
-
-    @property
-    def manager_qq(self) -> tuple[str, ...]:
-        """Admins, under the name every adapter reads."""
-        return self.manager_openids
+def platform_names() -> tuple[str, ...]:
+    """The registered platform sections."""
+    return tuple(_PLATFORMS)
 
 
 class OpenAIAccount(Section):
@@ -294,6 +178,7 @@ class ResponseSettings(Section):
     switching_not_allowed: str = "只有管理员可以切换 AI。"
     drawing_unavailable: str = "没有可以画图的账号，请管理员在账号里设置 image_model。"
     interrupted: str = "（回答中断了：{exc}）"
+    not_saved: str = "（提示：数据库暂时无法写入，这次对话没有被保存。）"
     admin_only: str = "只有管理员可以使用这个命令。"
     poke_reply: str = ""
     queued_notice_size: int = Field(3, ge=0)
@@ -388,11 +273,6 @@ class LogSettings(Section):
 class Settings(Section):
     """The whole validated config."""
 
-    mirai: list[MiraiSettings] = Field(default_factory=list)
-    onebot: list[OneBotSettings] = Field(default_factory=list)
-    milky: list[MilkySettings] = Field(default_factory=list)
-    satori: list[SatoriSettings] = Field(default_factory=list)
-    qqbot: list[QQBotSettings] = Field(default_factory=list)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     trigger: TriggerSettings = Field(default_factory=TriggerSettings)
@@ -405,18 +285,23 @@ class Settings(Section):
     log: LogSettings = Field(default_factory=LogSettings)
     path: Path = Path("config.toml")
     warnings: list[str] = Field(default_factory=list)
+    # Platform name -> its sections, validated by the registered models (one table or an array).
+    sections: dict[str, list[Any]] = Field(default_factory=dict, exclude=True)
 
-    def platforms(self) -> list[tuple[str, BaseModel]]:
-        """(adapter name, section) for every enabled platform section, in file order."""
-        found: list[tuple[str, BaseModel]] = []
-        for name in PLATFORM_SECTIONS:
-            for section in getattr(self, name):
-                if getattr(section, "enable", True):
-                    found.append((name, section))
-        return found
+    def platform(self, name: str) -> list[Any]:
+        """Every `[name]` section, enabled or not."""
+        return self.sections.get(name, [])
+
+    def platforms(self) -> list[tuple[str, Any]]:
+        """(adapter name, section) for every enabled platform section, in registry order."""
+        return [
+            (name, section)
+            for name, found in self.sections.items()
+            for section in found
+            if getattr(section, "enable", True)
+        ]
 
 
-PLATFORM_SECTIONS = ("mirai", "onebot", "milky", "satori", "qqbot")
 # chatgpt-mirai-qq-bot v2 spelled the sampling table this way; its files keep working.
 _ALIASES = {("openai", "gpt3_params"): "gpt_params"}
 
@@ -454,13 +339,24 @@ def load_config(path: Path) -> Settings:
 def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml")) -> Settings:
     """Validate an already parsed document; `text` is used to find line numbers."""
     doc, arrays = _normalise(doc)
+    sections: dict[str, list[Any]] = {}
     try:
+        for name, model in _PLATFORMS.items():
+            tables = doc.pop(name, None)
+            if tables is None:
+                continue
+            if not isinstance(tables, list):
+                raise ConfigError(name, _PROBLEMS["dict_type"], find_line(text, (name,)))
+            found = sections[name] = []
+            for index, table in enumerate(tables):
+                try:
+                    found.append(model.model_validate(table))
+                except ValidationError as exc:
+                    raise _invalid(exc, (name, index), arrays, text) from None
         settings = Settings.model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = _display_loc(err["loc"], arrays)
-        problem = _PROBLEMS.get(err["type"], err["msg"].removeprefix("Value error, "))
-        raise ConfigError(_dotted(loc), problem, find_line(text, loc)) from None
+        raise _invalid(exc, (), arrays, text) from None
+    settings.sections = sections
     settings.path = path
     if not settings.openai.accounts:
         raise ConfigError(
@@ -473,15 +369,23 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
             account.name = f"account{i + 1}"
         if not account.api_endpoint:
             account.api_endpoint = settings.openai.api_endpoint or DEFAULT_ENDPOINT
-    for section in settings.mirai:
-        if section.qq <= 0:
-            loc = _display_loc(("mirai", settings.mirai.index(section), "qq"), arrays)
-            raise ConfigError(_dotted(loc), "请填写机器人的 QQ 号 (must be the bot's QQ number)", find_line(text, loc))
+    unknown = _unknown_keys(settings, (), arrays)
+    for name, found in sections.items():
+        for index, section in enumerate(found):
+            unknown += _unknown_keys(section, (name, index), arrays)
     settings.warnings = [
         f"未知配置项 unknown key {_dotted(loc)}" + (f" (line {line})" if (line := find_line(text, loc)) else "")
-        for loc in _unknown_keys(settings, (), arrays)
+        for loc in unknown
     ]
     return settings
+
+
+def _invalid(exc: ValidationError, prefix: tuple[Any, ...], arrays: set[str], text: str) -> ConfigError:
+    """The first problem pydantic found, as one line naming the key and its line."""
+    err = exc.errors()[0]
+    loc = _display_loc((*prefix, *err["loc"]), arrays)
+    problem = _PROBLEMS.get(err["type"], err["msg"].removeprefix("Value error, "))
+    return ConfigError(_dotted(loc), problem, find_line(text, loc))
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -498,7 +402,7 @@ def _normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """Platform sections may be one table or an array of tables; make them lists."""
     doc = dict(doc)
     arrays: set[str] = set()
-    for name in PLATFORM_SECTIONS:
+    for name in _PLATFORMS:
         value = doc.get(name)
         if isinstance(value, list):
             arrays.add(name)
@@ -515,7 +419,7 @@ def _normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
 
 def _display_loc(loc: tuple[Any, ...], arrays: set[str]) -> tuple[Any, ...]:
     """Drop the list index pydantic adds for a platform section written as one table."""
-    if len(loc) >= 2 and loc[0] in PLATFORM_SECTIONS and loc[0] not in arrays and loc[1] == 0:
+    if len(loc) >= 2 and loc[0] in _PLATFORMS and loc[0] not in arrays and loc[1] == 0:
         return (loc[0], *loc[2:])
     return tuple(loc)
 

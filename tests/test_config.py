@@ -38,7 +38,7 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, MINIMAL))
-    [mirai] = settings.mirai
+    [mirai] = settings.platform("mirai")
     assert mirai.qq == 123456 and mirai.reverse_ws_host == "0.0.0.0" and mirai.reverse_ws_port == 8554
     [account] = settings.openai.accounts
     assert account.name == "account1" and account.api_endpoint == "https://api.openai.com/v1"
@@ -106,7 +106,7 @@ def test_several_mirai_accounts_as_array_of_tables(tmp_path: Path) -> None:
     error = error_of(tmp_path, text)
     assert error.key == "mirai[1].qq" and error.line == 10
     settings = load_config(write(tmp_path, text.replace('qq = "x"', "qq = 42\nreverse_ws_port = 8555")))
-    assert [m.qq for m in settings.mirai] == [123456, 42]
+    assert [m.qq for m in settings.platform("mirai")] == [123456, 42]
     assert [name for name, _ in settings.platforms()] == ["mirai", "mirai"]
 
 

@@ -131,7 +131,7 @@ async def test_event_stream_dropping_loses_no_reply(milky: Any, transport: str, 
 
 async def test_wrong_token_refused(milky: Any, log_lines: list[str]) -> None:
     m = await milky("ws", token="wrong")
-    await eventually(lambda: any("Milky event stream" in line and "down" in line for line in log_lines), timeout=10)
+    await eventually(lambda: any("Milky event stream" in line and "stopped" in line for line in log_lines), timeout=10)
     assert not m.app.adapters["milky"].connected
 
 

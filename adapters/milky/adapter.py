@@ -13,10 +13,10 @@ from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.link import keep_connected
 from adapters.listen import listen
 from adapters.milky.codec import decode_segments, encode_segments, message_segments
+from adapters.milky.settings import MilkySettings
 from adapters.onebot.base import token_matches
 from adapters.sse import sse_data
 from core.backoff import Backoff
-from core.config import MilkySettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
 from core.message import At, Message, Quote

@@ -5,7 +5,7 @@ from __future__ import annotations
 from adapters.base import Adapter, EventSink
 from adapters.mirai.forward import MiraiForward
 from adapters.mirai.reverse import MiraiReverse
-from core.config import MiraiSettings
+from adapters.mirai.settings import MiraiSettings
 
 
 def create(instance: str, settings: MiraiSettings, sink: EventSink) -> Adapter:

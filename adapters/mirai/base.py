@@ -12,7 +12,7 @@ from aiohttp import WSMsgType
 
 from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.mirai.codec import decode_chain, encode_chain
-from core.config import MiraiSettings
+from adapters.mirai.settings import MiraiSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
 from core.message import At, Forward, ForwardNode, Image, Message, Quote, Text, describe

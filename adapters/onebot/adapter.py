@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapters.base import Adapter, EventSink
+from adapters.onebot.settings import OneBotSettings
 from adapters.onebot.transports import OneBotForward, OneBotHttp, OneBotReverse
-from core.config import OneBotSettings
 
 
 def create(instance: str, settings: OneBotSettings, sink: EventSink) -> Adapter:

@@ -9,7 +9,7 @@ from typing import Any
 
 from adapters.base import Adapter, EventSink, json_object
 from adapters.onebot.codec import decode_forward_result, decode_message, encode_forward_nodes, encode_message
-from core.config import OneBotSettings
+from adapters.onebot.settings import OneBotSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
 from core.message import At, Forward, Message, Quote

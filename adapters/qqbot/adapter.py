@@ -18,8 +18,8 @@ from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.link import keep_connected
 from adapters.listen import listen
 from adapters.qqbot.resource import ResourceServer, Uploader, load_uploader, public_url
+from adapters.qqbot.settings import QQBotSettings
 from adapters.qqbot.signing import key_from_secret, validation_answer, verify
-from core.config import QQBotSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, Target
 from core.message import Image, Message, Text, describe

@@ -12,7 +12,7 @@ from aiohttp import web
 from loguru import logger
 
 from adapters.listen import listen
-from core.config import QQBotResourceSettings
+from adapters.qqbot.settings import QQBotResourceSettings
 from core.errors import AdapterError, ConfigError
 
 Uploader = Callable[[bytes], Awaitable[str]]

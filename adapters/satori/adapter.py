@@ -13,7 +13,7 @@ from aiohttp import WSMsgType
 from adapters.base import Adapter, EventSink, json_object, parse_frame
 from adapters.link import keep_connected
 from adapters.satori.codec import decode_content, encode_content
-from core.config import SatoriSettings
+from adapters.satori.settings import SatoriSettings
 from core.errors import ActionFailedError, NotConnectedError
 from core.event import ChatType, MessageEvent, RequestEvent, Target
 from core.message import At, Message, Quote

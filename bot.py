@@ -12,11 +12,12 @@ from typing import Any
 
 from loguru import logger
 
-from adapters.base import Adapter
+from adapters.base import Adapter, AdapterStatus
 from adapters.registry import adapter_factory
 from core.config import Settings, load_config
 from core.errors import BotError, ConfigError
 from core.log import setup_logging
+from core.loop import quiet_repeated_loop_errors
 
 EXIT_CONFIG = 2
 EXIT_START = 1
@@ -31,6 +32,22 @@ class App:
         self.console = console
         self.adapters: dict[str, Adapter] = {}
         self._closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        # Set when every platform has stopped for good: the process then exits 1 so that Docker or
+        # systemd restarts it (a running bot is always a connected or listening one).
+        self.all_stopped = asyncio.Event()
+        self.stopped_reason = ""
+
+    def statuses(self) -> list[AdapterStatus]:
+        """Every platform's links, as data."""
+        return [adapter.status() for adapter in self.adapters.values()]
+
+    def _platform_stopped(self) -> None:
+        statuses = self.statuses()
+        if statuses and all(status.stopped for status in statuses):
+            self.stopped_reason = "; ".join(
+                f"{status.instance}: {link.reason}" for status in statuses for link in status.links
+            )
+            self.all_stopped.set()
 
     async def start(self) -> None:
         """Open the database, build everything and start the adapters; raises BotError."""
@@ -39,8 +56,13 @@ class App:
         from llm.openai_compat import OpenAICompatible
         from storage.admin import AdminStore
         from storage.store import SqlHistoryStore
+        from web.server import WebServer
 
         settings = self.settings
+        if settings.web.enable and not self.console:
+            self.web = WebServer(settings.web, self.statuses)
+            await self.web.start()
+            self._closers.append(("web server", self.web.stop))
         self.store = await SqlHistoryStore.open(settings.database.url)
         self._closers.append(("database", self.store.close))
         self.admin = AdminStore(self.store.engine)
@@ -69,6 +91,7 @@ class App:
 
     async def _start_adapter(self, instance: str, name: str, section: Any) -> None:
         adapter = adapter_factory(name)(instance, section, self.manager.handle)
+        adapter.on_stopped = self._platform_stopped
         self.adapters[instance] = adapter
         await adapter.start()
 
@@ -134,11 +157,17 @@ async def serve(settings: Settings, console: bool = False) -> int:
     try:
         await app.start()
     except BotError as exc:
-        logger.error("start-up failed: {}", exc)
+        from storage.errors import DatabaseNotWritable
+
         await app.stop()
-        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_START
+        if isinstance(exc, ConfigError | DatabaseNotWritable):
+            # A setting the user must change: one line naming it, like every config error.
+            print(exc.one_line(), file=sys.stderr)
+            return EXIT_CONFIG
+        logger.error("start-up failed: {}", exc)
+        return EXIT_START
     logger.info("bot is running; press Ctrl+C to stop")
-    waiters = [asyncio.ensure_future(stop.wait())]
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(app.all_stopped.wait())]
     console_adapter = app.adapters.get("console")
     if console_adapter is not None:
         waiters.append(asyncio.ensure_future(console_adapter.closed.wait()))  # type: ignore[attr-defined]
@@ -148,6 +177,12 @@ async def serve(settings: Settings, console: bool = False) -> int:
     if console_adapter is not None and not stop.is_set():
         # End of input: let the last typed message be answered before exiting.
         await asyncio.wait_for(app.manager.drain(), settings.response.max_timeout + 5)
+    if app.all_stopped.is_set() and not stop.is_set():
+        logger.error(
+            "every platform has stopped for good ({}); exiting so that it can be restarted", app.stopped_reason
+        )
+        await app.stop()
+        return EXIT_START
     logger.info("stopping")
     await app.stop()
     logger.info("stopped")
@@ -176,12 +211,17 @@ async def check(settings: Settings, wait: float = 5.0) -> int:
             await adapter.start()
             await adapter.wait_connected(wait)
             port = getattr(adapter, "port", None)
-            if adapter.connected:
-                rows.append((f"platform {name}", True, "connected"))
-            elif port:
-                rows.append((f"platform {name}", True, f"listening on port {port}, waiting for the QQ side"))
-            else:
-                rows.append((f"platform {name}", False, f"not connected within {wait:g}s (see the log above)"))
+            for link in adapter.status().links:
+                detail = link.state.value
+                if link.state.value == "listening" and port:
+                    detail += f" on port {port}, waiting for the QQ side"
+                elif link.reason and not link.healthy:
+                    detail += f" ({link.reason})"
+                rows.append((f"platform {name}: {link.name}", link.healthy, detail))
+            if not adapter.links:
+                rows.append(
+                    (f"platform {name}", adapter.connected, "connected" if adapter.connected else "not connected")
+                )
         except BotError as exc:
             rows.append((f"platform {name}", False, str(exc)))
         finally:
@@ -194,6 +234,11 @@ async def check(settings: Settings, wait: float = 5.0) -> int:
 
 async def _ignore_event(event: object) -> None:
     """`--check` only looks at links; events that arrive meanwhile are dropped."""
+
+
+async def _run(main: Awaitable[int]) -> int:
+    quiet_repeated_loop_errors(asyncio.get_running_loop())
+    return await main
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -242,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check:
             return asyncio.run(check(settings))
-        return asyncio.run(serve(settings, console=args.console))
+        return asyncio.run(_run(serve(settings, console=args.console)))
     except KeyboardInterrupt:
         return 0
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from loguru import logger
 
+from adapters.frames import MAX_BODY, MAX_FRAME, event_kind, parse_frame, preview
+from adapters.link import Link, LinkState, LinkStatus
+from core.backoff import Backoff
 from core.errors import AdapterError, NotConnectedError
 from core.event import Event, RequestEvent, Target
-from core.message import Message
+from core.message import At, Message, Quote
 from core.tasks import TaskSet
 
 EventSink = Callable[[Event], Awaitable[None]]
@@ -23,22 +25,47 @@ EventSink = Callable[[Event], Awaitable[None]]
 AdapterFactory = Callable[[str, Any, EventSink], "Adapter"]
 
 
-def parse_frame(log: Any, data: str | bytes) -> dict[str, Any] | None:
-    """A wire frame as a JSON object, or None: a malformed one is logged and dropped, never raised."""
-    try:
-        frame = json.loads(data)
-    except ValueError:
-        log.warning("dropped a malformed frame ({} bytes)", len(data))
-        return None
-    if not isinstance(frame, dict):
-        log.warning("dropped a frame that is not a JSON object")
-        return None
-    return frame
-
-
 def json_object(value: object) -> dict[str, Any]:
     """`value` when it is a JSON object, else an empty one: wire fields may be missing or malformed."""
     return value if isinstance(value, dict) else {}
+
+
+def addressed_to(message: Message, self_id: str) -> bool:
+    """Whether a group message @-mentions the bot or quotes one of its messages."""
+    return bool(self_id) and any(
+        (isinstance(seg, At) and seg.target == self_id) or (isinstance(seg, Quote) and seg.sender_id == self_id)
+        for seg in message
+    )
+
+
+@dataclass(slots=True)
+class AdapterStatus:
+    """One platform section's health as data: its links, and replies waiting for them."""
+
+    instance: str
+    protocol: str
+    links: list[LinkStatus] = field(default_factory=list)
+    outbox: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        """Every link is up or listening (an adapter with no link yet is not)."""
+        return bool(self.links) and all(link.healthy for link in self.links)
+
+    @property
+    def stopped(self) -> bool:
+        """Every link has stopped for good (a fatal verdict)."""
+        return bool(self.links) and all(link.state is LinkState.STOPPED for link in self.links)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "platform": self.instance,
+            "protocol": self.protocol,
+            "healthy": self.healthy,
+            "outbox": self.outbox,
+            "links": [link.as_dict() for link in self.links],
+        }
 
 
 @dataclass(slots=True)
@@ -63,6 +90,8 @@ class Adapter(ABC):
     max_replies: ClassVar[int] = 0  # replies allowed per incoming message (0: no limit)
     outbox_size: ClassVar[int] = 200
     outbox_max_age: ClassVar[float] = 3600.0
+    max_frame: ClassVar[int] = MAX_FRAME  # one WebSocket frame
+    max_body: ClassVar[int] = MAX_BODY  # one webhook body or SSE event
 
     def __init__(self, instance: str, settings: Any, sink: EventSink) -> None:
         self.instance = instance
@@ -75,6 +104,76 @@ class Adapter(ABC):
         # Who may run admin commands on this link: the section's manager ids (`manager_qq`, ...).
         self.managers: frozenset[str] = frozenset(getattr(settings, "manager_qq", ()) or ())
         self.nickname = ""  # the bot's name on the platform, once the adapter has learned it
+        self.links: list[LinkStatus] = []  # every link of this adapter, for health
+        self.on_stopped: Callable[[], None] | None = None  # told when every link has stopped for good
+        self.stopping = False
+
+    # --- health and supervision -------------------------------------------------------------------
+
+    def status(self) -> AdapterStatus:
+        """This adapter's links and outbox, as data."""
+        return AdapterStatus(self.instance, self.protocol, list(self.links), len(self._outbox))
+
+    def listener_status(self, name: str) -> LinkStatus:
+        """A link on which the peer dials the bot: healthy while the bot listens."""
+        status = LinkStatus(name, LinkState.LISTENING)
+        self.links.append(status)
+        return status
+
+    def supervise(self, link: Link) -> asyncio.Task[Any]:
+        """Run `link` in an owned task that is restarted if it ever ends other than by stop or a fatal verdict."""
+        self.links.append(link.status)
+        return self.tasks.spawn(self._supervised(link), name=f"{self.instance}: {link.name}")
+
+    async def _supervised(self, link: Link) -> None:
+        restarts = Backoff(min_delay=1.0, max_delay=30.0)
+        while not (self.stopping or link.stopping):
+            try:
+                await link.run()
+            except Exception:
+                self.log.exception("{}: the link task failed; restarting it", link.name)
+            else:
+                if link.fatal:
+                    if self.status().stopped and self.on_stopped is not None:
+                        self.on_stopped()
+                    return
+                if self.stopping or link.stopping:
+                    return
+                self.log.error("{}: the link task ended unexpectedly; restarting it", link.name)
+            await link.sleep(restarts.next_delay())
+
+    # --- the error boundary around every input ----------------------------------------------------
+
+    async def receive(
+        self,
+        data: str | bytes,
+        handle: Callable[[dict[str, Any]], Awaitable[object]],
+        link: LinkStatus | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """One frame, webhook body or SSE event: parsed within the caps, handled, never raised.
+
+        A malformed input is logged and dropped; an exception while handling it (a wrong field
+        type, a bug) is logged once with the protocol, the event type and the frame's start.
+        """
+        frame = parse_frame(self.log, data, self.max_frame if limit is None else limit)
+        if frame is None:
+            return
+        if link is not None:
+            link.last_event = time.time()
+        await self.guarded(frame, handle)
+
+    async def guarded(self, frame: Mapping[str, Any], handle: Callable[[Any], Awaitable[object]]) -> None:
+        """Run `handle(frame)`; any exception is logged and the frame dropped."""
+        try:
+            await handle(frame)
+        except Exception:
+            self.log.opt(exception=True).error(
+                "dropped a {} frame ({}) that could not be handled: {}",
+                self.protocol,
+                event_kind(frame),
+                preview(frame),
+            )
 
     @property
     def connected(self) -> bool:
@@ -96,6 +195,7 @@ class Adapter(ABC):
 
     async def stop(self) -> None:
         """Close listeners and connections and cancel owned tasks."""
+        self.stopping = True
         await self.tasks.close()
 
     @abstractmethod

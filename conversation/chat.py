@@ -102,13 +102,15 @@ class ChatFlow:
             images = tuple(await self.images.fetch_all(urls))
         budget = self.budget - estimate_tokens(user_text) - preset.tokens
 
-        async def save(text: str) -> None:
+        async def save(text: str) -> bool:
             try:
                 now = time.time()
                 await self.store.append_exchange(job.session_key, user_text, text, now=now)
                 self.sessions.touched(job.session_key, now)
             except StorageError:
                 self.log.error("the answer to session {} could not be saved; sending it anyway", job.session_key)
+                return False
+            return True
 
         for attempt in (1, 2):
             history = await self.store.window(job.session_key, max(0, budget))
@@ -133,13 +135,14 @@ class ChatFlow:
         turns: list[ChatTurn],
         model: str | None,
         account: str | None,
-        save: Callable[[str], Awaitable[None]],
+        save: Callable[[str], Awaitable[bool]],
     ) -> str | None:
         """Stream the answer out in parts and `save` it; the failure kind (after telling the user) or None.
 
         The answer is saved before its last part goes out, so a reply the user has seen in full is
-        never missing from the history after a restart. A context-length failure is not told: the
-        caller retries with a smaller window first.
+        never missing from the history after a restart; when saving failed, that last part carries
+        the not-saved notice. A context-length failure is not told: the caller retries with a
+        smaller window first.
         """
         response = self.settings.response
         stream = ParagraphStream(self.text_limit(job), min_chars=1, strip_think=not response.show_reasoning)
@@ -186,8 +189,8 @@ class ChatFlow:
             self.log.info("session {}: the answer contained a blocked word and was withheld", job.session_key)
             await self.send(job, self.settings.moderation.output_message, not outbox.sent)
             return "moderated"
-        await save(self.words.mask(text))
-        await outbox.add(last_parts, final=True)
+        saved = await save(self.words.mask(text))
+        await outbox.add(last_parts, final=True, note="" if saved else response.not_saved)
         return None
 
     @property
@@ -212,7 +215,8 @@ class _Outbox:
         self.refused = False
         self.started = time.monotonic()
 
-    async def add(self, parts: list[str], final: bool = False) -> None:
+    async def add(self, parts: list[str], final: bool = False, note: str = "") -> None:
+        """Queue parts of the answer; `note` is the bot's own line after the last part (not filtered)."""
         if self.refused:
             return
         words = self.flow.words
@@ -220,6 +224,8 @@ class _Outbox:
             self.refused = True  # nothing more of this answer goes out
             return
         self.pending.extend(words.mask(part) for part in parts)
+        if note:
+            self.pending.append(note)
         if not self.pending or not (final or time.monotonic() - self.started >= self.delay):
             return
         if final and not self.sent:

@@ -270,6 +270,14 @@ class LogSettings(Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class WebSettings(Section):
+    """`[web]`: the bot's own HTTP server (`/healthz` for Docker and monitoring)."""
+
+    enable: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8560
+
+
 class Settings(Section):
     """The whole validated config."""
 
@@ -283,6 +291,7 @@ class Settings(Section):
     ratelimit: RatelimitSettings = Field(default_factory=RatelimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     path: Path = Path("config.toml")
     warnings: list[str] = Field(default_factory=list)
     # Platform name -> its sections, validated by the registered models (one table or an array).

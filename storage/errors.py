@@ -8,7 +8,8 @@ import sqlite3
 from typing import Any
 
 from loguru import logger
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from core.errors import StorageError
 
@@ -16,6 +17,35 @@ from core.errors import StorageError
 # dropped connections.
 DB_ERRORS = (SQLAlchemyError, sqlite3.Error, OSError)
 _HELP_LINK = re.compile(r"\s*\(Background on this error at: [^)]*\)")
+
+# SQLite primary result codes (the low byte of an extended code such as SQLITE_READONLY_DBMOVED).
+_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT = 3, 5, 6, 8, 10, 11
+_FULL, _CANTOPEN, _PROTOCOL, _AUTH, _NOTADB = 13, 14, 15, 23, 26
+# Worth another try: a lock held elsewhere, a full disk, a file made read-only, a failing disk.
+_RETRY_CODES = frozenset({_BUSY, _LOCKED, _READONLY, _IOERR, _FULL, _CANTOPEN, _PROTOCOL})
+# The connection itself may be the problem: SQLite falls back to a read-only open without saying
+# so, and a replaced or failing file stays broken for a connection opened on the old one.
+_REOPEN_CODES = frozenset({_READONLY, _IOERR, _CANTOPEN, _PROTOCOL})
+# At start-up these mean the configured database cannot be written at all.
+_NOT_WRITABLE_CODES = frozenset({_PERM, _READONLY, _CORRUPT, _FULL, _CANTOPEN, _AUTH, _NOTADB})
+
+
+class DatabaseNotWritable(StorageError):
+    """`database.url` names a database this process cannot write: a setup mistake, not an outage.
+
+    Shaped like ConfigError (`key`, `problem`, `line`, `one_line()`) so start-up can report it the
+    same way and exit with the config exit code.
+    """
+
+    def __init__(self, shown_url: str, detail: str) -> None:
+        self.key = "database.url"
+        self.problem = f"{shown_url} ({detail})"
+        self.line: int | None = None
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """The single line shown to the user; the URL in it never carries a password."""
+        return f"数据库无法写入 database not writable: {self.key} = {self.problem}"
 
 
 def short(exc: BaseException) -> str:
@@ -34,3 +64,48 @@ def retrieve_exception(task: asyncio.Future[Any]) -> None:
     """Done-callback for shielded operations: their failures were logged by `failed` already."""
     if not task.cancelled():
         task.exception()
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code of an error, raw or wrapped by SQLAlchemy; None if not SQLite's."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    if isinstance(orig, sqlite3.ProgrammingError) and "closed" in str(orig):
+        return _CANTOPEN  # "Cannot operate on a closed database": as good as unopened
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying the same operation again later may succeed (locks, full disks, lost links)."""
+    code = _sqlite_code(exc)
+    if code is not None:
+        return code in _RETRY_CODES
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # OperationalError / InterfaceError from a server database are about the link or the server's
+    # state (shutting down, failover, deadlock), never about the statement itself.
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout | OSError)
+
+
+def needs_reopen(exc: BaseException) -> bool:
+    """Whether the connection that raised `exc` should be replaced before the next try."""
+    code = _sqlite_code(exc)
+    return code in _REOPEN_CODES if code is not None else isinstance(exc, OSError)
+
+
+def is_lock_wait(exc: BaseException) -> bool:
+    """Another connection holds the lock: a wait, not a fault of the database."""
+    return _sqlite_code(exc) in (_BUSY, _LOCKED)
+
+
+def not_writable(exc: BaseException) -> bool:
+    """At start-up: SQLite says the file cannot be opened for writing, is read-only or is no database."""
+    return _sqlite_code(exc) in _NOT_WRITABLE_CODES
+
+
+def not_writable_detail(exc: BaseException) -> str:
+    """The reason shown in DatabaseNotWritable: SQLite's words, saying when the file would not even open."""
+    detail = short(exc)
+    return f"cannot open: {detail}" if _sqlite_code(exc) == _CANTOPEN else detail

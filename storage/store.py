@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from loguru import logger
-from sqlalchemy import BindParameter, Table, bindparam, event, false, func, insert, select, true, update
+from sqlalchemy import BindParameter, Table, bindparam, delete, event, false, func, insert, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
 
 import storage.admin  # noqa: F401  (registers the admin tables on Base before create_all)
+from core.backoff import Backoff
 from core.errors import StorageError
 from core.tokens import estimate_tokens
 from storage.base import (
@@ -31,10 +35,21 @@ from storage.base import (
     fill_window,
     finish_window,
 )
-from storage.errors import DB_ERRORS, failed, retrieve_exception, short
+from storage.errors import (
+    DB_ERRORS,
+    DatabaseNotWritable,
+    failed,
+    is_lock_wait,
+    is_transient,
+    needs_reopen,
+    not_writable,
+    not_writable_detail,
+    retrieve_exception,
+    short,
+)
 from storage.models import Base, messages, sessions
 
-__all__ = ["HistoryStore", "SessionState", "SqlHistoryStore", "StoredTurn"]
+__all__ = ["DatabaseNotWritable", "HistoryStore", "RetryPolicy", "SessionState", "SqlHistoryStore", "StoredTurn"]
 
 # WAL lets readers run beside the writer; synchronous=NORMAL under WAL means a commit does not
 # wait for fsync (a power cut may lose the last commits, never corrupts the file); busy_timeout
@@ -45,6 +60,12 @@ _SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
+# The fast path's connections wait only this long for a lock held by another process: the wait
+# happens while the store's lock is held, so the rest of the wait is done by the retry loop with
+# the lock released, and other sessions' work goes on between tries.
+_HELD_BUSY_TIMEOUT_MS = 250
+# The row the start-up check writes and deletes; no session key has this shape.
+_WRITE_CHECK_KEY = "storage:write-check"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
@@ -55,6 +76,19 @@ def _redact(url: str) -> str:
 
 def _failed(action: str, exc: BaseException) -> StorageError:
     return failed("history store", action, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a failing operation keeps trying: capped, jittered backoff within `budget` seconds."""
+
+    budget: float = 3.0
+    min_delay: float = 0.05
+    max_delay: float = 0.8
+
+    def backoff(self) -> Backoff:
+        """A fresh schedule for one operation."""
+        return Backoff(min_delay=self.min_delay, max_delay=self.max_delay)
 
 
 _P = ParamSpec("_P")
@@ -74,7 +108,7 @@ def _finish_even_if_cancelled(
 
     @functools.wraps(method)
     async def run(store: SqlHistoryStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        if store._driver is not None:
+        if store._writer is not None:
             return await method(store, *args, **kwargs)
         task = asyncio.ensure_future(method(store, *args, **kwargs))
         store._unfinished.add(task)  # close() waits for these
@@ -162,6 +196,39 @@ class _AiosqliteTx:
         await self._driver.executemany(statement.sql, [statement.args(row) for row in rows])
 
 
+class _Held:
+    """A connection the aiosqlite fast path keeps open, and whether it must be replaced before use."""
+
+    __slots__ = ("broken", "conn", "driver")
+
+    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+        self.conn = conn
+        self.driver = driver  # aiosqlite.Connection
+        self.broken = False
+
+    @classmethod
+    async def connect(cls, engine: AsyncEngine) -> _Held:
+        conn = await engine.connect()
+        try:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            await driver.execute_fetchall(f"PRAGMA busy_timeout={_HELD_BUSY_TIMEOUT_MS}")
+        except BaseException:
+            await conn.invalidate()
+            raise
+        return cls(conn, driver)
+
+    async def reopen(self, engine: AsyncEngine) -> None:
+        """Swap in a new connection (the caller holds this connection's lock); the old one is discarded."""
+        fresh = await _Held.connect(engine)
+        old = self.conn
+        self.conn, self.driver, self.broken = fresh.conn, fresh.driver, False
+        try:
+            await old.invalidate()  # not back into the pool: it is the broken one
+        except Exception as exc:  # already dead: nothing left to release
+            logger.debug("history store: discarding a broken connection: {!r}", exc)
+        logger.info("history store: reopened a database connection")
+
+
 class _SessionUpsert:
     """Insert-or-update of one sessions row: native ON CONFLICT where the dialect has it."""
 
@@ -195,18 +262,25 @@ class SqlHistoryStore:
     """HistoryStore over an async SQLAlchemy engine; open with `await SqlHistoryStore.open(url)`."""
 
     def __init__(
-        self, engine: AsyncEngine, shown_url: str, held: AsyncConnection | None = None, driver: Any = None
+        self, engine: AsyncEngine, shown_url: str, reader: _Held | None = None, writer: _Held | None = None
     ) -> None:
-        """Use `open`; `held` is the connection kept for the aiosqlite fast path, `driver` its driver."""
+        """Use `open`; `reader` and `writer` are the connections kept for the aiosqlite fast path."""
         self._engine = engine
         self._shown_url = shown_url
-        self._held = held
-        self._driver = driver
-        self._lock = asyncio.Lock()  # the held connection runs one block at a time
+        # Reads have their own connection so that a write waiting for a lock held by another
+        # process never holds them up; WAL lets them run beside any writer.
+        self._reader = reader
+        self._writer = writer
+        self._lock = asyncio.Lock()  # the write connection runs one transaction at a time
+        # The read connection is reopened only between reads.
+        self._read_lock = self._lock if reader is writer else asyncio.Lock()
+        self.retry = RetryPolicy()  # tests shorten it
+        self._failing = False  # the last operation gave up: say so in the log when one works again
         self._unfinished: set[asyncio.Future[Any]] = set()  # shielded operations still running
         self._closed = False
+        fast = writer is not None
         dialect = engine.dialect
-        compile_for = dialect if held is not None else None
+        compile_for = dialect if fast else None
         self._compile_for = compile_for
         m, s = messages.c, sessions.c
         key: BindParameter[str] = bindparam("key")
@@ -225,18 +299,17 @@ class SqlHistoryStore:
             insert(messages).values({name: bindparam(name) for name in columns}), compile_for
         )
         now: BindParameter[float] = bindparam("now")
-        self._touch = _SessionUpsert(dialect, {"session_key": key, "updated_at": now}, held is not None)
+        self._touch = _SessionUpsert(dialect, {"session_key": key, "updated_at": now}, fast)
         max_id = select(func.coalesce(func.max(m.id), 0)).where(m.session_key == key).scalar_subquery()
-        self._reset = _SessionUpsert(
-            dialect, {"session_key": key, "cleared_before": max_id, "updated_at": now}, held is not None
-        )
+        self._reset = _SessionUpsert(dialect, {"session_key": key, "cleared_before": max_id, "updated_at": now}, fast)
         self._get_session = _Statement(
             select(s.preset, s.model, s.account, s.updated_at).where(s.session_key == key), compile_for
         )
 
     @classmethod
     async def open(cls, url: str, *, driver_fast_path: bool = True) -> SqlHistoryStore:
-        """Connect and create missing tables. Raises StorageError naming the (password-free) URL.
+        """Connect, create missing tables and prove a write works. Raises StorageError naming the
+        (password-free) URL: DatabaseNotWritable when the database cannot be written at all.
 
         `driver_fast_path=False` sends SQLite statements through SQLAlchemy like every other
         database does; tests use it to cover that path.
@@ -274,20 +347,29 @@ class SqlHistoryStore:
             raise StorageError(f"history store: cannot use {shown}: {short(exc)}") from exc
         if is_sqlite:
             event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
-        held: AsyncConnection | None = None
+        held: list[_Held] = []
+        checking_write = False
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)
+            checking_write = True
+            await _check_writable(engine)
+            checking_write = False
             logger.info("history store: {}", shown)
             if driver_fast_path and engine.dialect.driver == "aiosqlite":
-                held = await engine.connect()
-                raw = await held.get_raw_connection()
-                return cls(engine, shown, held, raw.driver_connection)
+                held.append(await _Held.connect(engine))
+                if not isinstance(engine.sync_engine.pool, StaticPool):
+                    held.append(await _Held.connect(engine))
+                # A one-connection pool (":memory:") gives every checkout the same database
+                # connection: reads and writes then share it, and its lock.
+                return cls(engine, shown, held[0], held[-1])
         except Exception as exc:  # refused connection, bad password, unopenable file: all one line
-            if held is not None:
-                await held.close()
+            for connection in held:
+                await connection.conn.close()
             await engine.dispose()
             logger.error("history store: opening {} failed: {!r}", shown, exc)
+            if not_writable(exc) or (checking_write and not is_lock_wait(exc) and not _is_link_failure(exc)):
+                raise DatabaseNotWritable(shown, not_writable_detail(exc)) from exc
             raise StorageError(f"history store: cannot open {shown}: {short(exc)}") from exc
         return cls(engine, shown)
 
@@ -296,6 +378,11 @@ class SqlHistoryStore:
         """The underlying engine, for checks and tests."""
         return self._engine
 
+    @property
+    def _driver(self) -> Any:
+        """The aiosqlite connection reads run on (None off the fast path), for tests."""
+        return self._reader.driver if self._reader is not None else None
+
     async def close(self) -> None:
         """Wait for the running operation, then dispose the engine; calling it again does nothing."""
         if self._closed:
@@ -303,58 +390,118 @@ class SqlHistoryStore:
         self._closed = True
         if self._unfinished:
             await asyncio.gather(*self._unfinished, return_exceptions=True)
-        async with self._lock:
-            if self._held is not None:
-                await self._held.close()
+        reads = self._read_lock if self._read_lock is not self._lock else contextlib.nullcontext()
+        async with self._lock, reads:
+            for held in {self._reader, self._writer}:
+                if held is not None:
+                    await held.conn.close()
             await self._engine.dispose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"history store: {self._shown_url} is closed")
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[_Tx]:
-        if self._closed:
-            raise StorageError(f"history store: {self._shown_url} is closed")
-        if self._driver is not None:
-            async with self._lock:
-                yield _AiosqliteTx(self._driver)
-        else:
+        held = self._reader
+        if held is None:
+            self._check_open()
             async with self._engine.connect() as conn:
-                yield _AlchemyTx(conn)
+                try:
+                    yield _AlchemyTx(conn)
+                except DB_ERRORS as exc:
+                    if needs_reopen(exc):
+                        await conn.invalidate()
+                    raise
+            return
+        async with self._read_lock:
+            self._check_open()  # after waiting: close() may have run meanwhile
+            if held.broken:
+                await held.reopen(self._engine)
+            try:
+                yield _AiosqliteTx(held.driver)
+            except DB_ERRORS as exc:
+                held.broken = needs_reopen(exc)
+                raise
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[_Tx]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        if self._closed:
-            raise StorageError(f"history store: {self._shown_url} is closed")
-        if self._driver is not None:
-            async with self._lock:
+        held = self._writer
+        if held is None:
+            self._check_open()
+            async with self._engine.connect() as conn:
                 try:
-                    yield _AiosqliteTx(self._driver)
-                except BaseException:
-                    await self._driver.rollback()
+                    async with conn.begin():
+                        yield _AlchemyTx(conn)
+                except DB_ERRORS as exc:
+                    if needs_reopen(exc):
+                        await conn.invalidate()
                     raise
-                await self._driver.commit()
-        else:
-            async with self._engine.begin() as conn:
-                yield _AlchemyTx(conn)
+            return
+        async with self._lock:
+            self._check_open()
+            if held.broken:
+                await held.reopen(self._engine)
+            driver = held.driver
+            try:
+                yield _AiosqliteTx(driver)
+                await driver.commit()
+            except BaseException as exc:
+                with contextlib.suppress(*DB_ERRORS):  # the error that matters is `exc`
+                    await driver.rollback()
+                if isinstance(exc, DB_ERRORS):
+                    held.broken = needs_reopen(exc)
+                raise
+
+    async def _run(self, action: str, work: Callable[[_Tx], Awaitable[_T]], *, write: bool) -> _T:
+        """Run `work` in one reading or writing block; transient failures are tried again.
+
+        Between tries no lock is held, so one session's write that waits for the database does not
+        hold up any other session. Raises StorageError once `retry.budget` seconds are spent.
+        """
+        started = time.monotonic()
+        backoff: Backoff | None = None
+        while True:
+            try:
+                async with self._writing() if write else self._reading() as tx:
+                    result = await work(tx)
+            except DB_ERRORS as exc:
+                if not is_transient(exc):
+                    raise _failed(action, exc) from exc
+                policy = self.retry
+                if backoff is None:
+                    backoff = policy.backoff()
+                    logger.warning("history store: {} failed, trying again: {}", action, short(exc))
+                delay = backoff.next_delay()
+                if time.monotonic() + delay - started > policy.budget:
+                    self._failing = True
+                    raise _failed(action, exc) from exc
+                await asyncio.sleep(delay)
+                continue
+            if backoff is not None or self._failing:
+                self._failing = False
+                logger.info("history store: {} works again", self._shown_url)
+            return result
 
     @_finish_even_if_cancelled
     async def window(self, session_key: str, budget_tokens: int) -> list[StoredTurn]:
         """The newest visible turns fitting `budget_tokens`, oldest first. Raises StorageError."""
-        taken: list[StoredTurn] = []
-        left = budget_tokens
         if budget_tokens <= 0 and not self._closed:
-            return taken
-        try:
-            async with self._reading() as tx:
-                rows = await tx.fetch(self._first_page, {"key": session_key})
-                while True:
-                    remaining = fill_window((StoredTurn(r[1], r[2], r[3]) for r in rows), left, taken)
-                    if remaining is None or len(rows) < WINDOW_PAGE:
-                        break
-                    left = remaining
-                    rows = await tx.fetch(self._next_page, {"key": session_key, "before": rows[-1][0]})
-        except DB_ERRORS as exc:
-            raise _failed("reading the window", exc) from exc
-        return finish_window(taken)
+            return []
+
+        async def read(tx: _Tx) -> list[StoredTurn]:
+            taken: list[StoredTurn] = []
+            left = budget_tokens
+            rows = await tx.fetch(self._first_page, {"key": session_key})
+            while True:
+                remaining = fill_window((StoredTurn(r[1], r[2], r[3]) for r in rows), left, taken)
+                if remaining is None or len(rows) < WINDOW_PAGE:
+                    return taken
+                left = remaining
+                rows = await tx.fetch(self._next_page, {"key": session_key, "before": rows[-1][0]})
+
+        return finish_window(await self._run("reading the window", read, write=False))
 
     @_finish_even_if_cancelled
     async def append_exchange(
@@ -373,46 +520,46 @@ class SqlHistoryStore:
             }
             for role, text in (("user", user_text), ("assistant", reply_text))
         ]
-        try:
-            async with self._writing() as tx:
-                # executemany keeps list order, so the user row always gets the smaller id.
-                await tx.execute_many(self._insert_message, rows)
-                await self._touch.run(tx, {"key": session_key, "now": at})
-        except DB_ERRORS as exc:
-            raise _failed("saving an exchange", exc) from exc
+
+        async def write(tx: _Tx) -> None:
+            # executemany keeps list order, so the user row always gets the smaller id.
+            await tx.execute_many(self._insert_message, rows)
+            await self._touch.run(tx, {"key": session_key, "now": at})
+
+        await self._run("saving an exchange", write, write=True)
 
     @_finish_even_if_cancelled
     async def reset(self, session_key: str) -> None:
         """Start a new conversation without deleting anything. Raises StorageError."""
-        try:
-            async with self._writing() as tx:
-                # One statement reads the max id and writes it, so no append can slip in between.
-                await self._reset.run(tx, {"key": session_key, "now": time.time()})
-        except DB_ERRORS as exc:
-            raise _failed("resetting a session", exc) from exc
+
+        async def write(tx: _Tx) -> None:
+            # One statement reads the max id and writes it, so no append can slip in between.
+            await self._reset.run(tx, {"key": session_key, "now": time.time()})
+
+        await self._run("resetting a session", write, write=True)
 
     @_finish_even_if_cancelled
     async def rollback(self, session_key: str) -> bool:
         """Hide the last visible user+assistant pair; False if there is none. Raises StorageError."""
-        try:
-            async with self._writing() as tx:
-                rows = await tx.fetch(self._last_two, {"key": session_key})
-                # Exchanges are written as pairs, so a well-formed tail is assistant over user.
-                if [row[1] for row in rows] != ["assistant", "user"]:
-                    return False
-                await tx.execute(self._hide_pair, {"reply_id": rows[0][0], "user_id": rows[1][0]})
-        except DB_ERRORS as exc:
-            raise _failed("rolling back a session", exc) from exc
-        return True
+
+        async def write(tx: _Tx) -> bool:
+            rows = await tx.fetch(self._last_two, {"key": session_key})
+            # Exchanges are written as pairs, so a well-formed tail is assistant over user.
+            if [row[1] for row in rows] != ["assistant", "user"]:
+                return False
+            await tx.execute(self._hide_pair, {"reply_id": rows[0][0], "user_id": rows[1][0]})
+            return True
+
+        return await self._run("rolling back a session", write, write=True)
 
     @_finish_even_if_cancelled
     async def get_session(self, session_key: str) -> SessionState:
         """The session's settings, defaults when never seen. Raises StorageError."""
-        try:
-            async with self._reading() as tx:
-                rows = await tx.fetch(self._get_session, {"key": session_key})
-        except DB_ERRORS as exc:
-            raise _failed("reading a session", exc) from exc
+
+        async def read(tx: _Tx) -> Sequence[Sequence[Any]]:
+            return await tx.fetch(self._get_session, {"key": session_key})
+
+        rows = await self._run("reading a session", read, write=False)
         if not rows:
             return SessionState(session_key)
         preset, model, account, updated_at = rows[0]
@@ -427,11 +574,25 @@ class SqlHistoryStore:
         values["updated_at"] = bindparam("now")
         # Rare, so built per call rather than one statement per combination of fields.
         upsert = _SessionUpsert(self._engine.dialect, values, self._compile_for is not None)
-        try:
-            async with self._writing() as tx:
-                await upsert.run(tx, {**fields, "key": session_key, "now": time.time()})
-        except DB_ERRORS as exc:
-            raise _failed("updating a session", exc) from exc
+        params = {**fields, "key": session_key, "now": time.time()}
+
+        async def write(tx: _Tx) -> None:
+            await upsert.run(tx, params)
+
+        await self._run("updating a session", write, write=True)
+
+
+async def _check_writable(engine: AsyncEngine) -> None:
+    """Write and delete one row: a file opened read-only, a read-only folder or mount, a full disk
+    and a user without write rights all pass table creation when the tables exist, and fail here."""
+    async with engine.begin() as conn:
+        await conn.execute(insert(sessions).values(session_key=_WRITE_CHECK_KEY, updated_at=0.0))
+        await conn.execute(delete(sessions).where(sessions.c.session_key == _WRITE_CHECK_KEY))
+
+
+def _is_link_failure(exc: BaseException) -> bool:
+    """The server went away during the check: that says nothing about write rights."""
+    return isinstance(exc, OSError) or bool(getattr(exc, "connection_invalidated", False))
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

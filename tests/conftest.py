@@ -87,6 +87,7 @@ def write_config(tmp_path: Path, fake_llm: FakeOpenAI) -> Callable[..., Path]:
             "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.sqlite3'}"},
             "presets": {"scan_dir": str(presets)},
             "response": {"timeout": 20, "max_timeout": 30},
+            "web": {"port": free_port()},
         }
         doc = merge(doc, extra or {})
         path = tmp_path / name

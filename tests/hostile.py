@@ -1,0 +1,87 @@
+"""The hostile-input corpus every protocol's tests send through its real listener or link.
+
+Table-driven: generic frames (deep nesting, huge, invalid UTF-8, truncated, binary, not objects)
+and, for a real event of each kind, the same event with every field replaced by wrong types.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from adapters.frames import MAX_BODY, MAX_FRAME
+
+# Values of every JSON type, plus the awkward ones: each replaces a field whose type differs.
+WRONG_VALUES: tuple[Any, ...] = (
+    None,
+    True,
+    -1,
+    2**70,
+    1.5e308,
+    "",
+    "\u0000\u202e\x1b[31m",
+    [],
+    [1, "x"],
+    {},
+    {"a": [{}]},
+)
+
+
+def generic_frames(max_size: int = MAX_FRAME) -> list[tuple[str, str | bytes]]:
+    """(name, frame) pairs that no protocol may choke on."""
+    return [
+        ("deep array", "[" * 100_000 + "]" * 100_000),
+        ("deep object", '{"a":' * 50_000 + "1" + "}" * 50_000),
+        ("deep inside a valid event", '{"type":"x","data":' + "[" * 5_000 + "]" * 5_000 + "}"),
+        ("over the size cap", '{"pad":"' + "x" * (max_size + 10) + '"}'),
+        ("invalid UTF-8", b'{"type":"\xff\xfe","data":{"text":"\xc3\x28"}}'),
+        ("lone surrogate escape", '{"type":"\\ud800","data":{}}'),
+        ("truncated", '{"type":"FriendMessage","data":{"sender":{"id":1'),
+        ("binary garbage", bytes(range(256))),
+        ("empty", ""),
+        ("null", "null"),
+        ("a number", "12345"),
+        ("a string", '"hello"'),
+        ("an array", "[1,2,3]"),
+        ("NaN", '{"a":NaN}'),
+        ("huge number", '{"a":' + "9" * 5000 + "}"),
+    ]
+
+
+def body_frames() -> list[tuple[str, str | bytes]]:
+    """Generic frames sized for webhook bodies and SSE events."""
+    return generic_frames(MAX_BODY)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key)
+            yield from _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield (*path, index)
+            yield from _paths(item, (*path, index))
+
+
+def _replaced(event: Any, path: tuple[Any, ...], value: Any) -> Any:
+    mutated = copy.deepcopy(event)
+    where = mutated
+    for part in path[:-1]:
+        where = where[part]
+    where[path[-1]] = value
+    return mutated
+
+
+def wrong_types(event: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`event` with each field, at every depth, replaced by each value of another JSON type."""
+    for path in _paths(event):
+        original: Any = event
+        for part in path:
+            original = original[part]
+        for value in WRONG_VALUES:
+            if type(value) is type(original) and value == original:
+                continue
+            yield f"{'.'.join(map(str, path))}={json.dumps(value)[:20]}", _replaced(event, path, value)

@@ -7,8 +7,7 @@ FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HEALTH_PORT=8554
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # 中文字体：把长回复渲染成图片时需要 / CJK font for replies rendered as images
 RUN apt-get update \
@@ -34,10 +33,12 @@ VOLUME ["/app/data"]
 # 8554 = [mirai] reverse_ws_port（mirai-api-http 反向 WS）; 8566 = [onebot] reverse_ws_port（OneBot 反向 WS）
 EXPOSE 8554 8566
 
-# 存活检查：能连上本程序监听的端口即可（NapCat/OneBot 部署设 HEALTH_PORT=8566）
-# Liveness: a TCP connection to the listening port (set HEALTH_PORT=8566 when only [onebot] listens)
+# 健康检查：询问机器人自己的 /healthz（[web] port，默认 8560，只在容器内 127.0.0.1 上）。
+# 每个聊天平台的连接都已连上（或正在监听等待对方连入）时才算健康；对方断开、连接失败时为 unhealthy。
+# Health: ask the bot's own /healthz ([web] port, default 8560, container-local). Healthy only when every
+# platform link is up or listening; a dropped or refused link makes the container unhealthy.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ.get('HEALTH_PORT', '8554'))), 3).close()"]
+    CMD ["python", "-m", "web.healthcheck"]
 
 # 没有挂载 /app/config.toml 时，用内置的 config.example.toml 启动并醒目提示
 # Without a mounted /app/config.toml, start with the bundled example and say so loudly.

@@ -100,7 +100,7 @@ def test_dockerfile():
     exposed = {int(p) for e in instructions("EXPOSE") for p in e.split()}
     assert exposed == {mirai_port(), onebot_port()}
     health = instructions("HEALTHCHECK")
-    assert len(health) == 1 and "HEALTH_PORT" in health[0] and "create_connection" in health[0]
+    assert len(health) == 1 and '["python", "-m", "web.healthcheck"]' in health[0]
     assert json.loads(instructions("CMD")[-1]) == ["python", "bot.py"]
     entry = json.loads(instructions("ENTRYPOINT")[0])
     assert "/app/config.toml" in entry[2] and "config.example.toml" in entry[2]
@@ -159,7 +159,12 @@ def test_compose_napcat_dials_chatgpt():
     assert any("mlikiowa/napcat-docker" in line for line in napcat)
     assert f"ws://chatgpt:{onebot_port()}/" in text
     assert "[onebot]" in text and f"reverse_ws_port = {onebot_port()}" in text
-    assert any(f'HEALTH_PORT: "{onebot_port()}"' in line for line in services("docker-compose.napcat.yml")["chatgpt"])
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.mirai.yml", "docker-compose.napcat.yml"])
+def test_every_compose_file_checks_health_through_healthz(name):
+    service = "\n".join(services(name)["chatgpt"])
+    assert "healthcheck:" in service and '["CMD", "python", "-m", "web.healthcheck"]' in service
 
 
 def test_start_sh_syntax():

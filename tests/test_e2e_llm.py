@@ -201,7 +201,7 @@ async def test_images_reach_a_vision_account_as_parts(launch: Any, fake_llm: Fak
         assert data_url.startswith("data:image/png;base64,")
         assert base64.b64decode(data_url.split(",", 1)[1]).startswith(b"\x89PNG")
         # a reply to a message with a picture: the quoted picture goes to the model too
-        quote = {"id": 7, "groupId": 30001, "senderId": 20002, "targetId": 30001}
+        quote: dict[str, Any] = {"id": 7, "groupId": 30001, "senderId": 20002, "targetId": 30001}
         quote["origin"] = [{"type": "Image", "imageId": "{Y}.jpg", "url": f"{base}/cat.jpg"}]
         await bot.mirai.push(group_message(30001, 20001, "那这张呢", 8, at=BOT_QQ, quote=quote))
         await bot.mirai.wait_commands(2)

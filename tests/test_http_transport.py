@@ -131,6 +131,7 @@ async def test_socks5_proxy_carries_the_request(fake_openai: FakeOpenAI) -> None
         reply = await _chat_through(f"socks5://127.0.0.1:{port}", fake_openai.base_url)
         assert reply["choices"][0]["message"]["content"] == "echo: hi"  # type: ignore[index]
         target = httpx2.URL(fake_openai.base_url).port
+        assert target is not None
         assert proxy.requests == [ConnectRequest("127.0.0.1", target, by_name=False)]
     finally:
         await proxy.stop()

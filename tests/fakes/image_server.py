@@ -7,8 +7,11 @@ import socket
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 BIG_SIZE = 6 * 1024 * 1024
 SLOW_SECONDS = 30.0  # longer than any test's fetch timeout; handler cancellation ends it at stop()
@@ -51,7 +54,7 @@ class FakeImageServer:
         """Listen on a free port of 127.0.0.1; return the base URL, e.g. `http://127.0.0.1:PORT`."""
 
         @web.middleware
-        async def count(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
             self.hits[request.path] += 1
             return await handler(request)
 

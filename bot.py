@@ -14,7 +14,7 @@ from loguru import logger
 
 from adapters.base import Adapter, AdapterStatus
 from adapters.registry import adapter_factory
-from core.config import Settings, load_config
+from core.config import Settings, collect_secrets, load_config
 from core.errors import BotError, ConfigError
 from core.log import setup_logging
 from core.loop import quiet_repeated_loop_errors
@@ -55,6 +55,7 @@ class App:
         from conversation.presets import PresetBook
         from llm.openai_compat import OpenAICompatible
         from storage.admin import AdminStore
+        from storage.seen import SqlSeenEvents
         from storage.store import SqlHistoryStore
         from web.server import WebServer
 
@@ -75,6 +76,8 @@ class App:
             settings, self.store, self.model, self.presets, self.admin, reload=self.reload
         )
         self._closers.insert(0, ("conversations", self.manager.stop))
+        self.manager.seen = await SqlSeenEvents.open(self.store.engine)
+        self._closers.insert(1, ("seen events", self.manager.seen.close))
         self.manager.adapters = self.adapters
         for instance, (name, section) in self._platforms(settings).items():
             await self._start_adapter(instance, name, section)
@@ -112,7 +115,9 @@ class App:
             logger.warning(warning)
         old_platforms, new_platforms = self._platforms(self.settings), self._platforms(fresh)
         self.settings = fresh
-        setup_logging(fresh.log.level, fresh.log.file, fresh.log.rotation, fresh.log.retention)
+        setup_logging(
+            fresh.log.level, fresh.log.file, fresh.log.rotation, fresh.log.retention, secrets=collect_secrets(fresh)
+        )
         self.model.reload(fresh.openai)
         self.presets.reload(fresh.presets)
         self.manager.apply(fresh)
@@ -281,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.one_line(), file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log.level, settings.log.file, settings.log.rotation, settings.log.retention)
+    setup_logging(
+        settings.log.level,
+        settings.log.file,
+        settings.log.rotation,
+        settings.log.retention,
+        secrets=collect_secrets(settings),
+    )
     for warning in settings.warnings:
         logger.warning(warning)
     try:

@@ -92,6 +92,7 @@ class Adapter(ABC):
     outbox_max_age: ClassVar[float] = 3600.0
     max_frame: ClassVar[int] = MAX_FRAME  # one WebSocket frame
     max_body: ClassVar[int] = MAX_BODY  # one webhook body or SSE event
+    durable_dedupe: ClassVar[bool] = False  # events can be replayed: remember their ids in the database
 
     def __init__(self, instance: str, settings: Any, sink: EventSink) -> None:
         self.instance = instance

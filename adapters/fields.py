@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeAlias
 
+from core.errors import escape_control
 from core.message import Raw, Segment
 
 # QQ numbers, message ids and sequences; ids are often signed, so a minus sign still counts.
 NUMBER = re.compile(r"-?[0-9]{1,19}")
+# An account or group number: positive, as QQ hands them out.
+QQ_NUMBER = re.compile(r"[1-9][0-9]{0,18}")
 
 Data: TypeAlias = Mapping[str, Any]
 
@@ -38,6 +43,14 @@ def number_id(data: Data, key: str) -> str:
     return value
 
 
+def qq_number(data: Data, key: str) -> str:
+    """A user or group number that an event's identity rests on: raises Malformed unless it is one."""
+    value = text(data, key)
+    if not QQ_NUMBER.fullmatch(value):
+        raise Malformed(key)
+    return value
+
+
 def integer(data: Data, key: str) -> int:
     """Sizes, lengths, durations: informational, so a bad one gives 0 rather than losing the element."""
     value = data.get(key)
@@ -56,6 +69,12 @@ def mapping(data: Data, key: str) -> Data:
     if isinstance(value, Mapping):
         return value
     raise Malformed(key)
+
+
+def shown(value: object, size: int = 100) -> str:
+    """A wire value for a log line: its text, cut to `size` characters, control characters escaped."""
+    text = value if isinstance(value, str) else repr(value)
+    return escape_control(text[:size] + ("…" if len(text) > size else ""))
 
 
 SegmentDecoder = Callable[[Data, int], Segment]
@@ -82,3 +101,12 @@ def decode_typed(el: object, depth: int, protocol: str, decoders: Mapping[str, S
         return decoder(data, depth)
     except (Malformed, ValueError, TypeError):
         return Raw(protocol, kind, dict(data))
+
+
+def file_uri(path: str) -> str:
+    """A local path as the `file://` URI the implementations accept; a URI stays as it is."""
+    if path.startswith("file://"):
+        return path
+    # Left unquoted: LLOneBot escapes `%` itself before fileURLToPath, so percent-encoding would break
+    # non-ASCII names there, while NapCat and Milky decode either form. "/tmp/a" → file:///tmp/a, C:\a → file:///C:/a.
+    return "file:///" + Path(os.path.abspath(path)).as_posix().lstrip("/")

@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from core.errors import escape_control
+
 # Events and action answers are a few KB; 4 MB leaves room for a long forwarded chat log.
 MAX_FRAME = 4 * 1024 * 1024
 # Webhook and SSE events: 1 MB is plenty, and an unauthenticated client cannot make the bot buffer more.
@@ -64,15 +66,14 @@ def nesting_depth_exceeds(data: str | bytes, limit: int = MAX_DEPTH) -> bool:
 
 
 def preview(data: str | bytes | Mapping[str, Any], size: int = PREVIEW) -> str:
-    """The start of a frame for a log line, printable whatever its bytes."""
+    """The start of a frame for a log line: readable text (Chinese included), control characters escaped."""
     if isinstance(data, Mapping):
         text = repr(data)
     elif isinstance(data, bytes):
         text = data[: size * 4].decode("utf-8", errors="replace")
     else:
         text = data
-    text = text[:size].encode("unicode_escape", errors="replace").decode("ascii", errors="replace")
-    return text + ("…" if len(data) > size else "")
+    return escape_control(text[:size]) + ("…" if len(data) > size else "")
 
 
 def parse_frame(log: Any, data: str | bytes, limit: int = MAX_FRAME) -> dict[str, Any] | None:

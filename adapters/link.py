@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from core.backoff import Backoff
-from core.errors import AdapterError
+from core.errors import AdapterError, NotConnectedError
 
 HEALTHY_SECONDS = 30.0  # a link that stayed up this long was healthy: the next outage starts from 1 s
 
@@ -64,8 +64,9 @@ def classify(exc: BaseException) -> Verdict:
 
 
 def is_expected(exc: BaseException) -> bool:
-    """Network trouble and the link's own reasons need one line; anything else is a bug worth a traceback."""
-    return isinstance(exc, (LinkError, *NETWORK_ERRORS))
+    """Network trouble, a peer gone away and the link's own reasons need one line; anything else is a
+    bug worth a traceback."""
+    return isinstance(exc, (LinkError, NotConnectedError, *NETWORK_ERRORS))
 
 
 def describe(exc: BaseException) -> str:
@@ -160,12 +161,16 @@ class Link:
         self.fatal = ""
         self.stopping = False
         self._up_at: float | None = None
+        self._outage_logged = False  # "down" was said: "back up" is said once when it recovers
 
     def up(self) -> None:
         """The session is connected and accepted: healthy from now on."""
         if self.status.state is not LinkState.UP:
             self._up_at = self.clock()
             self.status.set(LinkState.UP)
+            if self._outage_logged:
+                self._outage_logged = False
+                self.log.info("{} is back up", self.name)
 
     def saw_event(self) -> None:
         """An input arrived on the link (for the health endpoint's last event time)."""
@@ -177,7 +182,7 @@ class Link:
 
     async def run(self) -> None:
         """Connect, and reconnect after every failure, until stopped or fatal."""
-        down_logged = traceback_logged = False
+        traceback_logged = False
         while not self.stopping:
             self._up_at = None
             self.status.set(LinkState.CONNECTING, self.status.reason)
@@ -190,7 +195,7 @@ class Link:
             if self.stopping:
                 break
             if self._up_at is not None:
-                down_logged = traceback_logged = False  # a new outage starts
+                traceback_logged = False  # a new outage starts
                 if self.clock() - self._up_at > HEALTHY_SECONDS:
                     self.backoff.reset()
             if self.on_verdict is not None:
@@ -203,37 +208,14 @@ class Link:
             delay = self.backoff.next_delay()
             self.status.set(LinkState.DOWN, reason)
             if failure is not None and not is_expected(failure) and not traceback_logged:
-                traceback_logged = down_logged = True
+                traceback_logged = self._outage_logged = True
                 self.log.opt(exception=failure).warning(
                     "{} down ({}, unexpected); retrying in {:.1f}s", self.name, reason, delay
                 )
-            elif not down_logged:
-                down_logged = True
+            elif not self._outage_logged:
+                self._outage_logged = True
                 self.log.warning("{} down ({}); retrying in {:.1f}s", self.name, reason, delay)
             else:
                 self.log.debug("{} still down ({}); next try in {:.1f}s", self.name, reason, delay)
             await self.sleep(delay)
         self.status.set(LinkState.DOWN, "stopped")
-
-
-async def keep_connected(
-    what: str, session: Callable[[], Awaitable[tuple[bool, str]]], stopping: Callable[[], bool], log: Any
-) -> None:
-    """Transitional: the old (was_up, reason) sessions run through `Link` until each adapter moves to it."""
-
-    async def attempt(link: Link) -> str:
-        was_up, reason = await session()
-        if was_up:
-            link.up()
-        return reason
-
-    class _Compat(Link):
-        @property  # type: ignore[override]
-        def stopping(self) -> bool:
-            return stopping()
-
-        @stopping.setter
-        def stopping(self, value: bool) -> None:
-            pass
-
-    await _Compat(what, attempt, log).run()

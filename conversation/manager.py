@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from core.render_image import MarkdownRenderer
 from storage.admin import AdminStore, member_target
 from storage.base import HistoryStore
+from storage.seen import MemorySeenEvents, SeenEvents, seen_key
 
 DEDUPE_SIZE = 4096
 WORKER_IDLE_SECONDS = 60.0
@@ -73,6 +74,7 @@ class ConversationManager:
         self._busy: set[str] = set()  # sessions whose worker is answering right now
         self._render_lock = asyncio.Lock()  # one renderer, used by one thread at a time
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self.seen: SeenEvents = MemorySeenEvents()  # App.start() puts the database's store here
         self.tasks = TaskSet("conversation")
         self.log = logger.bind(adapter="chat")
         self.apply(settings)
@@ -104,6 +106,9 @@ class ConversationManager:
     async def handle(self, event: Event) -> None:
         """The sink every adapter feeds; returns quickly (work happens in session workers)."""
         if isinstance(event, MessageEvent):
+            if await self._is_duplicate(event):
+                self.log.debug("dropped a redelivered message {}", event.message_id)
+                return
             self._on_message(event)
         elif isinstance(event, RequestEvent):
             self.tasks.spawn(self._on_request(event), name="request")
@@ -120,7 +125,9 @@ class ConversationManager:
             return f"{event.platform}:group:{event.group_id}:{event.user_id}"
         return f"{event.platform}:private:{event.user_id}"
 
-    def _is_duplicate(self, event: MessageEvent) -> bool:
+    async def _is_duplicate(self, event: MessageEvent) -> bool:
+        """The dedupe step: protocols redeliver; adapters with `durable_dedupe` (QQ official, whose
+        callbacks can be replayed) are also checked against the ids kept in the database for a day."""
         if not event.message_id:
             return False
         key = (event.adapter, event.chat_type, event.group_id or event.user_id, event.message_id)
@@ -129,15 +136,16 @@ class ConversationManager:
         self._seen[key] = None
         if len(self._seen) > DEDUPE_SIZE:
             self._seen.popitem(last=False)
+        # The in-memory check comes first, so the database is asked once per new event.
+        adapter = self.adapters.get(event.adapter)
+        if adapter is not None and adapter.durable_dedupe:
+            return not await self.seen.first_time(seen_key(*key))
         return False
 
     def _on_message(self, event: MessageEvent) -> None:
         if event.chat_type in (ChatType.TEMP, ChatType.STRANGER) and not self.settings.system.reply_temp:
             return
         if self.admin.is_blocked(event.user_id, event.group_id if event.is_group else ""):
-            return
-        if self._is_duplicate(event):
-            self.log.debug("dropped a redelivered message {}", event.message_id)
             return
         adapter = self.adapters.get(event.adapter)
         prompt = self.triggers.prompt_of(event, adapter.nickname if adapter is not None else "")

@@ -1,16 +1,31 @@
-"""Load config.toml with tomlkit and validate it into typed settings; errors name key and line."""
+"""Load config.toml (tomllib, tomlkit for errors) into validated, typed settings; errors name key and line."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import tomllib
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import tomlkit
 import tomlkit.exceptions
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from loguru import logger
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
-from core.errors import ConfigError
+from core.errors import ConfigError, escape_control
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
@@ -149,6 +164,9 @@ def _compiles(pattern: str) -> None:
         re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"正则表达式无效 (invalid regular expression): {exc}") from None
+    except (RecursionError, OverflowError, RuntimeError, MemoryError):
+        # deep nesting or huge repeat counts fail inside the regex compiler, not as re.error
+        raise ValueError("正则表达式过于复杂 (regular expression too complex)") from None
 
 
 class ResponseSettings(Section):
@@ -193,7 +211,9 @@ class ResponseSettings(Section):
     @classmethod
     def _v2_mode(cls, value: Any) -> Any:
         # chatgpt-mirai-qq-bot v2 spelled these force-text / force-image
-        return {"force-text": "text", "force-image": "image"}.get(value, value)
+        if isinstance(value, str):
+            return {"force-text": "text", "force-image": "image"}.get(value, value)
+        return value
 
     reloaded: str = "已重新加载模型账号设置（{count} 个账号）。其他设置重启后生效。"
 
@@ -254,6 +274,21 @@ class ModerationSettings(Section):
     input_message: str = "你的消息包含不允许的内容，换个说法吧。"
     output_mode: Literal["mask", "refuse"] = "mask"
     output_message: str = "这个回答包含不允许的内容，已被拦截。"
+    # the lines of words_file, read when the config is loaded (so --check and start-up report a bad file)
+    _file_words: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    def load_words_file(self) -> None:
+        """Read `words_file` now; raises ValueError with the user-facing problem."""
+        self._file_words = read_words_file(Path(self.words_file)) if self.words_file else ()
+
+    def blocked_words(self) -> list[str]:
+        """`words` and the lines of `words_file`; raises ConfigError when the file cannot be used."""
+        if self._file_words is None:  # settings built without load_config (tests, tools)
+            try:
+                self.load_words_file()
+            except ValueError as exc:
+                raise ConfigError("moderation.words_file", str(exc)) from None
+        return [*self.words, *(self._file_words or ())]
 
 
 class LogSettings(Section):
@@ -330,81 +365,258 @@ _PROBLEMS = {
 }
 
 
+# Larger files are refused before they are read: a config or word list is a few kilobytes, and a
+# path such as /dev/zero or a FIFO must end in one line, not in a hang or a MemoryError.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_WORDS_FILE_BYTES = 4 * 1024 * 1024
+_SYNTAX = "(TOML 语法 syntax)"
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def load_config(path: Path) -> Settings:
     """Read and validate the config file.
 
     Raises ConfigError naming the key (and its line) for anything wrong, FileNotFoundError when
     the file does not exist.
     """
-    raw_bytes = path.read_bytes()
-    text = _decode(raw_bytes, path)
     try:
-        doc = tomlkit.parse(text).unwrap()
+        raw_bytes = read_capped(path, MAX_CONFIG_BYTES)
+    except ValueError as exc:
+        raise ConfigError(str(path), str(exc)) from None
+    return loads_config(_decode(raw_bytes, path), path)
+
+
+def loads_config(text: str, path: Path = Path("config.toml")) -> Settings:
+    """Parse and validate config text as read from `path`; raises ConfigError."""
+    return validate(_parse(text), text, path)
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)  # about ten times faster than tomlkit on large files
+    except Exception:  # tomlkit below decides, and gives the line number of a syntax error
+        pass
+    try:
+        doc: dict[str, Any] = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError("(TOML 语法 syntax)", str(exc).split(" at line")[0], exc.line) from None
-    return validate(doc, text, path)
+        raise ConfigError(_SYNTAX, str(exc).split(" at line")[0], exc.line) from None
+    except RecursionError:
+        raise ConfigError(_SYNTAX, "嵌套太深 (nested too deeply)") from None
+    except Exception as exc:  # a parser failure must still end in one line, never a traceback
+        raise ConfigError(_SYNTAX, f"无法解析 (cannot parse: {type(exc).__name__})") from None
+    return doc
 
 
 def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml")) -> Settings:
-    """Validate an already parsed document; `text` is used to find line numbers."""
+    """Validate an already parsed document; `text` is used to find line numbers. Raises ConfigError."""
+    lines = LineIndex(text)
     doc, arrays = _normalise(doc)
     sections: dict[str, list[Any]] = {}
-    try:
-        for name, model in _PLATFORMS.items():
-            tables = doc.pop(name, None)
-            if tables is None:
-                continue
-            if not isinstance(tables, list):
-                raise ConfigError(name, _PROBLEMS["dict_type"], find_line(text, (name,)))
-            found = sections[name] = []
-            for index, table in enumerate(tables):
-                try:
-                    found.append(model.model_validate(table))
-                except ValidationError as exc:
-                    raise _invalid(exc, (name, index), arrays, text) from None
-        settings = Settings.model_validate(doc)
-    except ValidationError as exc:
-        raise _invalid(exc, (), arrays, text) from None
+    for name, model in _PLATFORMS.items():
+        tables = doc.pop(name, None)
+        if tables is None:
+            continue
+        if not isinstance(tables, list):
+            raise ConfigError(name, _PROBLEMS["dict_type"], lines.find((name,)))
+        sections[name] = [_validated(model, table, (name, index), arrays, lines) for index, table in enumerate(tables)]
+    settings = _validated(Settings, doc, (), arrays, lines)
     settings.sections = sections
     settings.path = path
     if not settings.openai.accounts:
         raise ConfigError(
             "openai.accounts",
             "至少需要一个 [[openai.accounts]] 账号 (add at least one [[openai.accounts]] with api_key)",
-            find_line(text, ("openai",)),
+            lines.find(("openai",)),
         )
     for i, account in enumerate(settings.openai.accounts):
         if not account.name:
             account.name = f"account{i + 1}"
         if not account.api_endpoint:
             account.api_endpoint = settings.openai.api_endpoint or DEFAULT_ENDPOINT
+    _check_files(settings, lines)
     unknown = _unknown_keys(settings, (), arrays)
     for name, found in sections.items():
         for index, section in enumerate(found):
             unknown += _unknown_keys(section, (name, index), arrays)
     settings.warnings = [
-        f"未知配置项 unknown key {_dotted(loc)}" + (f" (line {line})" if (line := find_line(text, loc)) else "")
+        escape_control(f"未知配置项 unknown key {_dotted(loc)}")
+        + (f" (line {line})" if (line := lines.find(loc)) else "")
         for loc in unknown
     ]
     return settings
 
 
-def _invalid(exc: ValidationError, prefix: tuple[Any, ...], arrays: set[str], text: str) -> ConfigError:
+def _validated(model: type[_M], data: Any, loc: tuple[Any, ...], arrays: set[str], lines: LineIndex) -> _M:
+    """`model` validated from `data`; every failure becomes one ConfigError naming the key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc, loc, arrays, lines) from None
+    except ConfigError:
+        raise
+    except Exception as exc:
+        # A validator that trips over a value of an unexpected type is a bug, but the user still
+        # gets one line naming the table, not a traceback.
+        where = loc or _failing_section(data)
+        display = _display_loc(where, arrays)
+        problem = f"无法使用这里的值 (a value here cannot be used: {type(exc).__name__})"
+        raise ConfigError(_dotted(display) or "(config)", problem, lines.find(display)) from None
+
+
+def _failing_section(doc: Any) -> tuple[Any, ...]:
+    """The core section whose validation raises something other than a ValidationError."""
+    if not isinstance(doc, dict):
+        return ()
+    for name, field in Settings.model_fields.items():
+        model = field.annotation
+        if name not in doc or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        try:
+            model.model_validate(doc[name])
+        except ValidationError:
+            continue
+        except Exception:
+            return (name,)
+    return ()
+
+
+def _invalid(exc: ValidationError, prefix: tuple[Any, ...], arrays: set[str], lines: LineIndex) -> ConfigError:
     """The first problem pydantic found, as one line naming the key and its line."""
     err = exc.errors()[0]
     loc = _display_loc((*prefix, *err["loc"]), arrays)
     problem = _PROBLEMS.get(err["type"], err["msg"].removeprefix("Value error, "))
-    return ConfigError(_dotted(loc), problem, find_line(text, loc))
+    return ConfigError(_dotted(loc), problem, lines.find(loc))
 
 
 def _decode(data: bytes, path: Path) -> str:
     """Config files written on Windows may be UTF-8 with BOM or GBK; accept both."""
+    try:
+        return decode_text(data)
+    except ValueError as exc:
+        raise ConfigError(str(path), str(exc)) from None
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (with or without BOM) or GBK, as Windows Notepad saves; raises ValueError."""
     for encoding in ("utf-8-sig", "gbk"):
         try:
             return data.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise ConfigError(str(path), "文件编码无法识别，请另存为 UTF-8 (save the file as UTF-8)")
+    raise ValueError("文件编码无法识别，请另存为 UTF-8 (save the file as UTF-8)")
+
+
+def read_capped(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at `path`, at most `limit` of them.
+
+    Raises FileNotFoundError when nothing is there and ValueError, with the problem in words, for a
+    directory, a device, a FIFO, a file larger than `limit` or one that cannot be read.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
+        raise ValueError(_os_problem(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError("这是一个文件夹，不是文件 (is a directory, not a file)")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("不是普通文件 (not a regular file)")
+        too_large = f"文件太大，超过 {limit // (1024 * 1024)} MB (larger than {limit // (1024 * 1024)} MB)"
+        if info.st_size > limit:
+            raise ValueError(too_large)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)  # files in /proc report size 0, so the cap is checked again
+    except OSError as exc:
+        raise ValueError(_os_problem(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(too_large)
+    return data
+
+
+def _os_problem(exc: OSError | ValueError) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "这是一个文件夹，不是文件 (is a directory, not a file)"
+    if isinstance(exc, PermissionError):
+        return "没有读取权限 (permission denied)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"无法读取 (cannot read: {exc.strerror})"
+    return f"路径无效 (invalid path: {exc})"
+
+
+def read_words_file(path: Path) -> tuple[str, ...]:
+    """The words of a `[moderation] words_file`: one a line, `#` starts a comment; raises ValueError."""
+    try:
+        data = read_capped(path, MAX_WORDS_FILE_BYTES)
+    except FileNotFoundError:
+        raise ValueError("文件不存在 (file not found)") from None
+    text = decode_text(data)
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _check_files(settings: Settings, lines: LineIndex) -> None:
+    """Files named by the config must be usable now, so --check and start-up both report them."""
+    try:
+        settings.moderation.load_words_file()
+    except ValueError as exc:
+        raise ConfigError("moderation.words_file", str(exc), lines.find(("moderation", "words_file"))) from None
+    problem = _log_file_problem(settings.log)
+    if problem is not None:
+        key, text = problem
+        raise ConfigError(f"log.{key}", text, lines.find(("log", key)))
+
+
+def _log_file_problem(log: LogSettings) -> tuple[str, str] | None:
+    """(key, problem) when `[log] file` could not be opened by setup_logging, else None."""
+    if not log.file:
+        return None
+    try:
+        target = Path(log.file.format_map({"time": datetime.now()}))  # loguru fills in {time}
+    except Exception:
+        return "file", "文件名里的 { } 只能写 {time} (only {time} may appear in braces)"
+    try:
+        info: os.stat_result | None = target.stat()
+    except FileNotFoundError:
+        info = None
+    except (OSError, ValueError) as exc:
+        return "file", _os_problem(exc).replace("无法读取 (cannot read", "无法使用 (cannot use")
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            return "file", "这是一个文件夹，请写文件路径，如 logs/bot.log (a directory; name a file like logs/bot.log)"
+        if not stat.S_ISREG(info.st_mode):
+            return "file", "不是普通文件，日志文件会被轮换改名 (not a regular file; log files are rotated)"
+        try:
+            with target.open("ab"):
+                pass
+        except OSError as exc:
+            return "file", f"无法写入 (cannot write: {exc.strerror or type(exc).__name__})"
+    else:
+        for folder in target.absolute().parents:  # setup_logging creates the missing folders
+            try:
+                folder_info = folder.stat()
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                return "file", _os_problem(exc).replace("无法读取 (cannot read", "无法使用 (cannot use")
+            if not stat.S_ISDIR(folder_info.st_mode):
+                return "file", f"{folder} 不是文件夹 (is not a directory)"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return "file", f"没有在 {folder} 中创建文件的权限 (cannot create files in {folder})"
+            break
+    try:
+        # A sink that never opens the file and, stopped with a rotation set, runs no retention:
+        # loguru itself parses the rotation.
+        sink = logger.add(log.file, rotation=log.rotation, delay=True, filter=lambda _: False)
+    except Exception:
+        return "rotation", '无法识别，请写成 "10 MB" 或 "1 day" 的形式 (use a size like "10 MB" or a time like "1 day")'
+    logger.remove(sink)
+    return None
 
 
 def _normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -462,37 +674,124 @@ _KEY = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_\-]+))\s*=""")
 
 def find_line(text: str, loc: tuple[Any, ...]) -> int | None:
     """The 1-based line of the key at `loc` (or of its table when the key is absent)."""
-    if not text or not loc:
-        return None
-    *table_loc, key = loc
-    if isinstance(key, int):  # the element of an array of tables itself
-        table_loc, key = [*table_loc, key], None
-    want_table = ".".join(str(p) for p in table_loc if not isinstance(p, int))
-    want_index = next((p for p in reversed(table_loc) if isinstance(p, int)), None)
-    full = ".".join(str(p) for p in loc if not isinstance(p, int))
-    current, seen_index, table_line, own_header = "", -1, None, None
-    counts: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(line)
-        if header:
-            current = header.group(2).replace(" ", "").replace('"', "")
-            if header.group(1) == "[[":
-                counts[current] = counts.get(current, -1) + 1
-                seen_index = counts[current]
+    return LineIndex(text).find(loc)
+
+
+class LineIndex:
+    """Where each key and table header of a config text is, read in one pass; lookups cost O(1).
+
+    Keys are found in the table they belong to; an index in `loc` picks one `[[table]]` element
+    (a plain `[table]` header matches any index).
+    """
+
+    def __init__(self, text: str) -> None:
+        # (table, element index or -1 for a plain table, key) -> first line; also for any element
+        self._keys: dict[tuple[str, int, str], int] = {}
+        self._keys_any: dict[tuple[str, str], int] = {}
+        # table -> first header line; (table, element index or -1) -> last header line
+        self._first_header: dict[str, int] = {}
+        self._last_header: dict[tuple[str, int], int] = {}
+        self._last_header_any: dict[str, int] = {}
+        current, seen_index = "", -1
+        counts: dict[str, int] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = _HEADER.match(line)
+            if header:
+                current = header.group(2).replace(" ", "").replace('"', "")
+                if header.group(1) == "[[":
+                    counts[current] = seen_index = counts.get(current, -1) + 1
+                else:
+                    seen_index = -1
+                self._first_header.setdefault(current, number)
+                self._last_header[(current, seen_index)] = number
+                self._last_header_any[current] = number
+                continue
+            match = _KEY.match(line)
+            if match:
+                key = _unescaped(match.group(1)) if match.group(1) else next(g for g in match.groups() if g)
+                self._keys.setdefault((current, seen_index, key), number)
+                self._keys_any.setdefault((current, key), number)
+
+    def find(self, loc: tuple[Any, ...]) -> int | None:
+        """The 1-based line of the key at `loc` (or of its table when the key is absent)."""
+        if not loc or (not self._last_header_any and not self._keys_any):
+            return None
+        *table_loc, key = loc
+        if isinstance(key, int):  # the element of an array of tables itself
+            table_loc, key = [*table_loc, key], None
+        table = ".".join(str(p) for p in table_loc if not isinstance(p, int))
+        index = next((p for p in reversed(table_loc) if isinstance(p, int)), None)
+        if key is not None:
+            if index is None:
+                found = self._keys_any.get((table, str(key)))
             else:
-                seen_index = -1
-            if current == want_table and (want_index is None or seen_index in (want_index, -1)):
-                table_line = number
-            if current == full and own_header is None:
-                own_header = number
-            continue
-        if current != want_table or (want_index is not None and seen_index not in (want_index, -1)):
-            continue
-        match = _KEY.match(line)
-        if key is not None and match and next(g for g in match.groups() if g) == str(key):
-            return number
-    if own_header is not None:
-        return own_header
-    if key is not None and not want_table:
-        return None
-    return table_line
+                lines = (self._keys.get((table, index, str(key))), self._keys.get((table, -1, str(key))))
+                found = min((n for n in lines if n is not None), default=None)
+            if found is not None:
+                return found
+        own_header = self._first_header.get(".".join(str(p) for p in loc if not isinstance(p, int)))
+        if own_header is not None:
+            return own_header
+        if key is not None and not table:
+            return None
+        if index is None:
+            return self._last_header_any.get(table)
+        headers = (self._last_header.get((table, index)), self._last_header.get((table, -1)))
+        return max((n for n in headers if n is not None), default=None)
+
+
+def _unescaped(quoted: str) -> str:
+    """A double-quoted key as TOML reads it (`"a\\u001b"` is the key "a" + ESC)."""
+    if "\\" not in quoted:
+        return quoted
+    try:
+        return next(iter(tomllib.loads(f'"{quoted}" = 0')))
+    except (tomllib.TOMLDecodeError, StopIteration):
+        return quoted
+
+
+# Field names whose string values are secrets: api_key, access_token, secret, token, password, ...
+_SECRET_NAME = re.compile(r"(key|token|secret|password|passwd)$", re.IGNORECASE)
+
+
+def collect_secrets(settings: Settings) -> list[str]:
+    """Every configured secret, for the log redactor: SecretStr values, strings in fields named like
+    `*key`/`*token`/`*secret`/`*password` (platform sections and unknown keys included) and passwords
+    or token parameters inside URLs."""
+    found: list[str] = []
+    _collect(settings, "", found, 0)
+    return list(dict.fromkeys(s for s in found if s))
+
+
+def _collect(value: Any, name: str, found: list[str], depth: int) -> None:
+    if depth > 32:
+        return
+    if isinstance(value, SecretStr):
+        found.append(value.get_secret_value())
+    elif isinstance(value, str):
+        if _SECRET_NAME.search(name):
+            found.append(value)
+        if "://" in value:
+            found.extend(_url_secrets(value))
+    elif isinstance(value, BaseModel):
+        for field in type(value).model_fields:
+            _collect(getattr(value, field, None), field, found, depth + 1)
+        for key, item in (value.model_extra or {}).items():
+            _collect(item, str(key), found, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _collect(item, str(key), found, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect(item, name, found, depth + 1)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password and the token-like query parameters of a URL (`postgresql://u:PASS@h/db`)."""
+    try:
+        parts = urlsplit(url.strip())
+        found = [parts.password or ""]
+        found += [v for k, v in parse_qsl(parts.query) if _SECRET_NAME.search(k) or k.lower() in ("sig", "signature")]
+    except ValueError:
+        return []
+    return found

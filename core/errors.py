@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
+# Characters that could forge or hide log lines: C0 controls except tab (newline, carriage return,
+# ESC of terminal sequences), DEL and C1, lone surrogates (undecodable bytes), zero-width spaces and
+# marks, line/paragraph separators, bidirectional overrides and isolates, the BOM.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+
+
+def escape_control(text: str) -> str:
+    """`text` with every control or invisible character written as an escape (`\\n`, `\\x1b`, `\\u2028`)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
 
 class BotError(Exception):
     """Base of every error this project raises on purpose."""
@@ -17,9 +33,13 @@ class ConfigError(BotError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        """The single line shown to the user, naming the key and where it is."""
+        """The single line shown to the user, naming the key and where it is.
+
+        Keys and values come from the user's file: control characters are escaped, so the line can
+        neither be split into forged lines nor clear the terminal.
+        """
         where = f" (第 {self.line} 行 / line {self.line})" if self.line else ""
-        return f"配置错误 config error: {self.key}{where}: {self.problem}"
+        return escape_control(f"配置错误 config error: {self.key}{where}: {self.problem}")
 
 
 class AdapterError(BotError):

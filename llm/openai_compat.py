@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from core.backoff import Backoff
 from core.config import DEFAULT_ENDPOINT, OpenAISettings
+from core.log import MIN_SECRET_LENGTH, REDACTED, redact
 from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, DrawnImage, FailureKind, LLMReply
 from llm.http_transport import AiohttpTransport
 
@@ -79,6 +80,14 @@ def _provider_message(exc: openai.APIStatusError) -> str:
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else None
     return " ".join(message.split())[:200] if isinstance(message, str) else ""
+
+
+def _scrubbed(text: str, account: _Account) -> str:
+    """Provider text for the log: some providers echo the key in any error, not only in a 401."""
+    key = account.api_key.get_secret_value()
+    if len(key) >= MIN_SECRET_LENGTH:
+        text = text.replace(key, REDACTED)
+    return redact(text)
 
 
 def _choice_content(data: object, part: str, field: str = "content") -> str:
@@ -435,7 +444,7 @@ class OpenAICompatible:
             else:
                 wait = self._delay(failure, backoff)
                 then = f"retrying in {wait:.2f} s"
-            said = f" ({failure.provider_message})" if failure.provider_message else ""
+            said = f" ({_scrubbed(failure.provider_message, account)})" if failure.provider_message else ""
             # f-strings, not loguru arguments: a "{" in an account name must not be formatted
             log.warning(
                 f"account {account.name} failed: {failure.kind} {failure.short}{said} "

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import adapters.mirai.forward
+from adapters.link import LinkState
 from bot import App
 from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, mirai_url, start_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
@@ -196,18 +197,44 @@ async def test_mirai_killed_and_restarted_mid_answer_loses_no_reply(connect: Any
     assert sent_text(reply) == "echo: 慢慢想"
 
 
-async def test_forward_wrong_verify_key_logs_and_backs_off(
+async def test_forward_wrong_verify_key_stops_the_link_for_good(
     write_config: Callable[..., Path], log_lines: list[str]
 ) -> None:
+    # A refused verifyKey cannot fix itself: the link stops with one line naming the key to change,
+    # and as the only platform its stop ends the process (exit 1) instead of retrying forever.
     server = FakeMiraiServer("the-real-key", BOT_QQ)
     await server.start()
     config = write_config({"mirai": forward_to(server.base_url)})
     app = await start_bot(config)
     try:
-        await asyncio.sleep(3.2)
-        assert any("verifyKey mismatch" in line for line in log_lines)
-        assert 2 <= server.refused <= 4  # 1 s, 2 s, ... apart: retrying, not spinning
-        assert not app.adapters["mirai"].connected
+        await asyncio.wait_for(app.all_stopped.wait(), 10)
+        adapter = app.adapters["mirai"]
+        [status] = adapter.status().links
+        assert status.state is LinkState.STOPPED and "[mirai] api_key" in status.reason
+        stopped = [line for line in log_lines if "stopped: verifyKey mismatch" in line]
+        assert len(stopped) == 1 and "[mirai] api_key" in stopped[0]
+        assert server.refused == 1 and not adapter.connected
+        assert "[mirai] api_key" in app.stopped_reason
+        assert not any("the-real-key" in line or VERIFY_KEY in line for line in log_lines)
+    finally:
+        await app.stop()
+        await server.stop()
+
+
+async def test_forward_bot_not_logged_in_is_retried(write_config: Callable[..., Path], log_lines: list[str]) -> None:
+    # Code 2 (the bot account is not logged in to mirai yet) can fix itself: retried, not fatal.
+    server = FakeMiraiServer(VERIFY_KEY, 99999)
+    await server.start()
+    app = await start_bot(write_config({"mirai": forward_to(server.base_url)}))
+    try:
+        link = app.adapters["mirai"].link  # type: ignore[attr-defined]
+        link.sleep = lambda delay: asyncio.sleep(0.01)
+        await eventually(lambda: server.refused >= 3)
+        assert any("bot qq not logged in" in line and str(BOT_QQ) in line for line in log_lines)
+        assert link.status.state is not LinkState.STOPPED and not app.all_stopped.is_set()
+        server.qq = BOT_QQ  # the account logs in
+        await eventually(lambda: app.adapters["mirai"].connected)
+        assert link.status.state is LinkState.UP
     finally:
         await app.stop()
         await server.stop()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters.link import LinkState
 from bot import App
 from tests.conftest import eventually, free_port, start_bot
 from tests.fakes.onebot_impl import FakeOneBot, sent_text
@@ -241,13 +242,31 @@ async def test_forward_link_without_heartbeats_is_treated_as_dead(
         await impl.close()
 
 
-async def test_forward_wrong_token_logged_clearly(write_config: Callable[..., Path], log_lines: list[str]) -> None:
+@pytest.mark.parametrize("mode", ["forward", "http-sse", "http-post"])
+async def test_wrong_token_stops_the_link_with_one_line(
+    write_config: Callable[..., Path], log_lines: list[str], mode: str
+) -> None:
+    # A refused access_token cannot fix itself: the dialled link stops with one line naming the key.
     impl = FakeOneBot(BOT, access_token=TOKEN)
-    url = await impl.serve_forward()
-    app = await start_bot(write_config({"mirai": None, "onebot": {"access_token": "wrong", "ws_url": url}}))
+    onebot: dict[str, Any] = {"access_token": "not-the-token-5f3a"}
+    if mode == "forward":
+        onebot["ws_url"] = await impl.serve_forward()
+    else:
+        onebot["http_url"] = await impl.serve_http()
+        if mode == "http-post":
+            onebot |= {"http_post_host": "127.0.0.1", "http_post_port": free_port()}
+    app = await start_bot(write_config({"mirai": None, "onebot": onebot}))
     try:
-        await eventually(lambda: any("403" in line and "access_token" in line for line in log_lines), timeout=10)
-        assert not app.adapters["onebot"].connected
+        adapter = app.adapters["onebot"]
+        link = adapter.link  # type: ignore[attr-defined]
+        await eventually(lambda: link.status.state is LinkState.STOPPED, timeout=10)
+        assert "HTTP 403" in link.fatal and "[onebot] access_token" in link.fatal
+        stopped = [line for line in log_lines if "stopped:" in line and "access_token" in line]
+        assert len(stopped) == 1 and impl.refused == 1
+        assert not adapter.connected and not any("5f3a" in line for line in log_lines)
+        # the only platform stopped for good (in http-post mode its webhook too: nothing could be answered)
+        await asyncio.wait_for(app.all_stopped.wait(), 5)
+        assert "[onebot] access_token" in app.stopped_reason
     finally:
         await app.stop()
         await impl.close()
@@ -283,15 +302,3 @@ async def test_failed_action_gives_one_clear_log_line(onebot: Any, log_lines: li
     ob.impl.fail_next_action = 1
     await ob.impl.push(ob.impl.private_message(20001, "发不出去", ob.next_id()))
     await eventually(lambda: any("send_private_msg failed with code 1200: 发送失败" in line for line in log_lines))
-
-
-async def test_http_modes_with_a_wrong_token_say_so(write_config: Callable[..., Path], log_lines: list[str]) -> None:
-    impl = FakeOneBot(BOT, access_token=TOKEN)
-    url = await impl.serve_http()
-    app = await start_bot(write_config({"mirai": None, "onebot": {"access_token": "wrong", "http_url": url}}))
-    try:
-        await eventually(lambda: any("HTTP 403" in line and "access_token" in line for line in log_lines), timeout=10)
-        assert not app.adapters["onebot"].connected
-    finally:
-        await app.stop()
-        await impl.close()

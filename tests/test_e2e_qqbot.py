@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters.link import LinkState
 from adapters.qqbot import adapter as qqbot_adapter
 from tests.conftest import eventually, free_port, start_bot
 from tests.fakes.openai_server import FakeOpenAI
@@ -19,9 +20,10 @@ SECRET = "qq-bot-secret-for-tests"
 
 
 class QQ:
-    def __init__(self, app: Any, platform: FakeQQ) -> None:
+    def __init__(self, app: Any, platform: FakeQQ, config: Path) -> None:
         self.app = app
         self.platform = platform
+        self.config = config  # the bot's config file, to start it again
 
     @property
     def adapter(self) -> Any:
@@ -31,20 +33,33 @@ class QQ:
         return await self.platform.wait_messages(count, timeout=10)
 
 
-@pytest.fixture
-async def qq(write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
+@pytest.fixture(name="qq")
+async def qq_fixture(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Callable[..., Any]]:
     monkeypatch.setattr(qqbot_adapter, "SHARD_STAGGER", 0.2)
+    monkeypatch.setattr(qqbot_adapter, "RECONNECT_DELAYS", (0.05, 0.5))  # reconnects in tests take milliseconds
     started: list[QQ] = []
 
-    async def start(extra: dict[str, Any] | None = None, shards: int = 1, token_ttl: int = 7200, **section: Any) -> QQ:
-        platform = FakeQQ(APPID, SECRET, shards=shards, token_ttl=token_ttl)
-        platform.heartbeat_interval_ms = 300
-        base = await platform.start()
-        settings = {"appid": APPID, "secret": SECRET, "api_base": base, "token_url": f"{base}/app/getAppAccessToken"}
+    async def start(
+        extra: dict[str, Any] | None = None,
+        shards: int = 1,
+        token_ttl: int = 7200,
+        wait: bool = True,
+        platform: FakeQQ | None = None,
+        **section: Any,
+    ) -> QQ:
+        if platform is None:
+            platform = FakeQQ(APPID, SECRET, shards=shards, token_ttl=token_ttl)
+            platform.heartbeat_interval_ms = 300
+            await platform.start()
+        base = platform.base_url
+        settings: dict[str, Any] = {"appid": APPID, "secret": SECRET, "api_base": base}
+        settings["token_url"] = f"{base}/app/getAppAccessToken"
         settings |= {"shards": shards, **section}
-        app = await start_bot(write_config({"mirai": None, "qqbot": settings, **(extra or {})}))
-        started.append(QQ(app, platform))
-        if settings.get("mode") != "webhook":
+        config = write_config({"mirai": None, "qqbot": settings, **(extra or {})})
+        started.append(QQ(await start_bot(config), platform, config))
+        if wait and settings.get("mode") != "webhook":
             await platform.wait_ready(shards, timeout=10)
         return started[-1]
 
@@ -74,8 +89,10 @@ async def test_redelivered_message_answered_once(qq: Any, fake_llm: FakeOpenAI) 
     msg = await q.platform.push_c2c("U1", "一次")
     await q.replies(1)
     await q.platform.redeliver(msg)
-    await asyncio.sleep(0.3)
-    assert len(q.platform.messages) == 1 and len(fake_llm.requests) == 1
+    await q.platform.push_c2c("U1", "下一条")  # events of one shard are handled in order
+    replies = await q.replies(2)
+    assert [r["body"]["content"] for r in replies] == ["echo: 一次", "echo: 下一条"]
+    assert len(fake_llm.requests) == 2 and not q.platform.rejected
 
 
 async def test_resume_after_4009_loses_no_event(qq: Any) -> None:
@@ -105,9 +122,11 @@ async def test_identify_again_after_4006_and_op_9(qq: Any) -> None:
 async def test_fatal_close_code_stops_with_a_clear_line(qq: Any, log_lines: list[str]) -> None:
     q = await qq()
     await q.platform.close_socket(4915)
-    await eventually(lambda: any("4915" in line and "not reconnecting" in line for line in log_lines), timeout=10)
-    await asyncio.sleep(1.5)
-    assert len(q.platform.identifies) == 1
+    await asyncio.wait_for(q.app.all_stopped.wait(), 10)  # the only platform stopped for good: the process exits
+    [status] = q.adapter.links
+    assert status.state is LinkState.STOPPED and "4915" in status.reason and "banned" in status.reason
+    assert any("4915" in line and "not reconnecting" in line for line in log_lines)
+    assert len(q.platform.identifies) == 1 and q.platform.connections == 1
 
 
 async def test_two_shards_identify_one_after_another(qq: Any) -> None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.link import LinkState
 from adapters.satori import adapter as satori_adapter
+from adapters.satori.adapter import SatoriAdapter
+from adapters.satori.settings import SatoriSettings
+from core.event import ChatType, Event, MessageEvent, RequestEvent
+from core.message import Text
 from tests.conftest import eventually, start_bot
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.satori_server import FakeSatori
@@ -93,8 +99,11 @@ async def test_reconnect_resumes_with_sn_and_misses_nothing(satori: Any, fake_ll
 
 
 async def test_wrong_token_is_closed_with_4004_and_logged(satori: Any, log_lines: list[str]) -> None:
+    # A refused token is fatal now (it used to be retried forever): the link stops, and with it the bot.
     s = await satori(token="wrong")
-    await eventually(lambda: any("4004" in line and "[satori] token" in line for line in log_lines), timeout=10)
+    await asyncio.wait_for(s.app.all_stopped.wait(), timeout=10)
+    assert any("4004" in line and "[satori] token" in line for line in log_lines)
+    assert [link.state for link in s.app.adapters["satori"].links] == [LinkState.STOPPED]
     assert not s.app.adapters["satori"].connected
 
 
@@ -118,3 +127,41 @@ async def test_requests_and_malformed_frames(satori: Any, fake_llm: FakeOpenAI) 
     answer = await s.say(server.message_event("private:20001", "20001", "正常", s.next_id()))
     assert answer["body"]["content"] == "echo: 正常"
     await asyncio.sleep(0.1)
+
+
+# --- recorded events ------------------------------------------------------------------------------
+
+RECORDED = json.loads((Path(__file__).parent / "samples" / "satori" / "events.json").read_text("utf-8"))["events"]
+
+
+@pytest.mark.parametrize("case", RECORDED, ids=[case["name"] for case in RECORDED])
+async def test_recorded_events_decode_as_expected(case: dict[str, Any]) -> None:
+    events: list[Event] = []
+
+    async def sink(event: Event) -> None:
+        events.append(event)
+
+    adapter = SatoriAdapter("satori", SatoriSettings(), sink)
+    adapter.self_id = BOT
+    await adapter.on_event(case["event"])
+    assert adapter.sn == case["event"]["sn"]
+    expect = case["expect"]
+    if expect["kind"] == "none":
+        assert events == []
+        return
+    [event] = events
+    if expect["kind"] == "message":
+        assert isinstance(event, MessageEvent) and event.platform == "qq"
+        chat = ChatType.PRIVATE if expect["chat"] == "private" else ChatType.GROUP
+        assert (event.chat_type, event.user_id, event.group_id) == (chat, expect["user_id"], expect["group_id"])
+        assert (event.message_id, event.to_me) == (expect["message_id"], expect["to_me"])
+        assert "".join(seg.text for seg in event.message if isinstance(seg, Text)) == expect["text"]
+        assert event.sender_name == expect["sender_name"]
+    else:
+        assert isinstance(event, RequestEvent)
+        assert (event.kind, event.user_id, event.group_id, event.comment) == (
+            expect["request"],
+            expect["user_id"],
+            expect["group_id"],
+            expect["comment"],
+        )

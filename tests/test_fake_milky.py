@@ -185,6 +185,32 @@ async def test_sse_pretty_data_is_split_over_lines(milky: FakeMilky, client: aio
         assert await read_sse_event(sse) == ("milky_event", event)
 
 
+async def test_push_raw_sends_bytes_as_they_are(milky: FakeMilky, client: aiohttp.ClientSession) -> None:
+    # decode_text=False: the text frame arrives as its bytes instead of aiohttp refusing it (1007)
+    ws = await client.ws_connect(f"{milky.base_url}/event", headers=AUTH, decode_text=False)
+    async with client.get(f"{milky.base_url}/event", headers=AUTH) as sse:
+        await milky.wait_channels(2)
+        await milky.push_raw(b'{"a":"\xff"}')
+        await milky.push_raw(b"\x00\x01", binary=True)
+        text = await asyncio.wait_for(ws.receive(), 2)
+        assert (text.type, text.data) == (aiohttp.WSMsgType.TEXT, b'{"a":"\xff"}')
+        binary = await asyncio.wait_for(ws.receive(), 2)
+        assert (binary.type, binary.data) == (aiohttp.WSMsgType.BINARY, b"\x00\x01")
+        lines = [await asyncio.wait_for(sse.content.readline(), 2) for _ in range(3)]
+        assert lines == [b"event: milky_event\n", b'data: {"a":"\xff"}\n', b"\n"]
+    await ws.close()
+
+
+async def test_event_failures_answer_an_html_page_once_each(milky: FakeMilky, client: aiohttp.ClientSession) -> None:
+    milky.event_failures = [500, 200]
+    for status in (500, 200):
+        async with client.get(f"{milky.base_url}/event", headers=AUTH) as response:
+            assert response.status == status and response.content_type == "text/html"
+    async with client.get(f"{milky.base_url}/event", headers=AUTH) as response:
+        assert response.content_type == "text/event-stream"
+    assert milky.connections == 1
+
+
 @pytest.mark.parametrize("ws", [True, False])
 async def test_event_endpoint_refuses_a_wrong_token(milky: FakeMilky, client: aiohttp.ClientSession, ws: bool) -> None:
     url = f"{milky.base_url}/event?access_token=wrong"

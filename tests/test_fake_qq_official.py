@@ -463,3 +463,40 @@ async def test_webhook_signing_and_validation(qq: FakeQQ) -> None:
         assert not (await qq.validate_webhook(receiver.url))["ok"]
     finally:
         await receiver.stop()
+
+
+# ---- faults -----------------------------------------------------------------------------------------------------
+
+
+async def test_raw_answers_and_frames_come_out_as_given(qq: FakeQQ, client: aiohttp.ClientSession) -> None:
+    qq.token_answers.append((502, b"<html>"))
+    url = f"{qq.base_url}/app/getAppAccessToken"
+    async with client.post(url, json={"appId": APPID, "clientSecret": SECRET}) as response:
+        assert (response.status, await response.read()) == (502, b"<html>")
+    token = await get_token(client, qq)
+    qq.gateway_answers.append((200, b"\xff"))
+    async with client.get(f"{qq.base_url}/gateway/bot", headers=auth(token)) as response:
+        assert await response.read() == b"\xff"
+    ws, _ = await identify(client, qq, token)
+    assert qq.connections == 1 and qq.current_seq() == 1
+    await qq.send_raw(b"\xff{")
+    msg = await asyncio.wait_for(ws.receive(), 2)
+    assert msg.type is aiohttp.WSMsgType.ERROR  # a TEXT frame that is not UTF-8, as a broken peer sends it
+    await ws.close()
+
+
+async def test_post_raw_sends_any_header_byte(qq: FakeQQ) -> None:
+    receiver = WebhookReceiver(SECRET)
+    url = await receiver.start()
+    try:
+        timestamp, event = "1725442341", b'{"op": 0}'
+        signature = qq.sign(timestamp, event).encode()
+        status, _ = await qq.post_raw(url, event, [(b"X-Signature-Ed25519", b"\xff"), (b"X-Signature-Timestamp", b"1")])
+        assert status == 401
+        headers = [(b"X-Signature-Ed25519", signature), (b"X-Signature-Timestamp", timestamp.encode())]
+        status, _ = await qq.post_raw(url, b'{"op": 0, "d": 1}', headers)
+        assert status == 401  # signed over another body
+        status, body = await qq.post_raw(url, event, headers)
+        assert (status, json.loads(body)) == (200, {"op": 12}) and receiver.requests[-1][1] == event
+    finally:
+        await receiver.stop()

@@ -95,6 +95,46 @@ async def test_invalid_json_closes_4000(satori: FakeSatori, client: aiohttp.Clie
     assert await closed_with(ws) == (4000, "invalid message")
 
 
+async def test_ready_body_can_be_replaced(satori: FakeSatori, client: aiohttp.ClientSession) -> None:
+    satori.ready_body = {"logins": 5}
+    ws = await client.ws_connect(f"{satori.base_url}/v1/events")
+    await ws.send_json({"op": 3, "body": {"token": TOKEN}})
+    assert await receive(ws) == {"op": 4, "body": {"logins": 5}}
+    await ws.close()
+
+
+async def test_upgrade_can_be_refused(satori: FakeSatori, client: aiohttp.ClientSession) -> None:
+    satori.upgrade_failures = [500]
+    satori.refuse_upgrade = 401
+    for status in (401, 401):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect(f"{satori.base_url}/v1/events")
+        assert info.value.status == status
+    satori.refuse_upgrade = None
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"{satori.base_url}/v1/events")
+    assert info.value.status == 500
+    ws = await connect(client, satori)
+    assert satori.accepted == 1 and satori.refused == 3
+    await ws.close()
+
+
+async def test_push_raw_sends_bytes_as_they_are(satori: FakeSatori, client: aiohttp.ClientSession) -> None:
+    # decode_text=False: the text frame arrives as its bytes instead of aiohttp refusing it (1007)
+    ws = await client.ws_connect(f"{satori.base_url}/v1/events", decode_text=False)
+    await ws.send_json({"op": 3, "body": {"token": TOKEN}})
+    assert json.loads((await asyncio.wait_for(ws.receive(), 2)).data)["op"] == 4
+    await satori.wait_connected()
+    await satori.push_raw(b'{"op":0,"body":"\xff"}')
+    await satori.push_raw(b"\x00", binary=True)
+    text = await asyncio.wait_for(ws.receive(), 2)
+    assert (text.type, text.data) == (aiohttp.WSMsgType.TEXT, b'{"op":0,"body":"\xff"}')
+    binary = await asyncio.wait_for(ws.receive(), 2)
+    assert (binary.type, binary.data) == (aiohttp.WSMsgType.BINARY, b"\x00")
+    assert satori.sn == 0  # raw frames are not numbered or buffered
+    await ws.close()
+
+
 async def test_no_identify_in_time_closes(satori: FakeSatori, client: aiohttp.ClientSession) -> None:
     satori.identify_timeout = 0.2
     ws = await client.ws_connect(f"{satori.base_url}/v1/events")

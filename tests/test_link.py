@@ -106,12 +106,14 @@ async def test_unknown_errors_are_retried_with_backoff_and_a_traceback_once_per_
         "test link down (RuntimeError: bug one, unexpected); retrying in 1.0s",
         "test link still down (RuntimeError: bug two); next try in 2.0s",
         "test link still down (OSError: refused); next try in 4.0s",
+        "test link is back up",
         "test link down (closed after being up); retrying in 8.0s",
         "test link down (RuntimeError: bug 3, unexpected); retrying in 16.0s",
     ]
     # A traceback once per outage: before and after the link was up.
     assert [("Traceback" in line) for line in log_lines if line.startswith("test link ")] == [
         True,
+        False,
         False,
         False,
         False,

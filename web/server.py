@@ -11,6 +11,7 @@ from loguru import logger
 from adapters.base import AdapterStatus
 from adapters.listen import LOOPBACK, listen
 from core.config import WebSettings
+from core.errors import AdapterError
 
 
 class WebServer:
@@ -27,7 +28,10 @@ class WebServer:
         """Listen on `[web] host`/`port`; raises AdapterError when the port is taken."""
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        self._runner, self.port = await listen(app, self.settings.host, self.settings.port)
+        try:
+            self._runner, self.port = await listen(app, self.settings.host, self.settings.port)
+        except AdapterError as exc:
+            raise AdapterError(f"[web] {exc}; change [web] port, or set [web] enable = false") from None
         self.log.info("health at http://{}:{}/healthz", self.settings.host, self.port)
         if self.settings.host not in LOOPBACK:
             self.log.warning(

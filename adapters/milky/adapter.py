@@ -1,27 +1,26 @@
-"""Milky (LLBot): API as `POST {url}/api/<name>`, events over WS or SSE at `/event`, or by webhook."""
+"""Milky (LLBot): the API as `POST {url}/api/<name>`, events decoded here whichever transport brings them."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import WSMsgType, web
 
-from adapters.base import Adapter, EventSink, json_object, parse_frame
-from adapters.link import keep_connected
-from adapters.listen import listen
+from adapters.base import Adapter, EventSink, addressed_to, json_object
+from adapters.fields import Malformed, qq_number
+from adapters.frames import preview
+from adapters.link import FatalLinkError, LinkError
 from adapters.milky.codec import decode_segments, encode_segments, message_segments
 from adapters.milky.settings import MilkySettings
-from adapters.onebot.base import token_matches
-from adapters.sse import sse_data
-from core.backoff import Backoff
+from adapters.milky.transports import TOKEN_REFUSED, EventTransport, create_transport
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
-from core.message import At, Message, Quote
+from core.message import Message, Quote
 
-MAX_FRAME = 16 * 1024 * 1024
 API_TIMEOUT = aiohttp.ClientTimeout(total=30)
 SCENES = {"friend": ChatType.PRIVATE, "group": ChatType.GROUP, "temp": ChatType.TEMP}
 ROLES = {"owner": Role.OWNER, "admin": Role.ADMIN}
@@ -29,9 +28,35 @@ ROLES = {"owner": Role.OWNER, "admin": Role.ADMIN}
 FRIEND_ANSWER = {True: "accept_friend_request", False: "reject_friend_request"}
 INVITE_ANSWER = {True: "accept_group_invitation", False: "reject_group_invitation"}
 
+_INT64 = 2**63
+
+
+def sequence(data: dict[str, Any], key: str) -> int:
+    """A message or invitation sequence: a non-negative int64; raises Malformed otherwise."""
+    value = data.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _INT64:
+        return value
+    raise Malformed(key)
+
+
+def _text(data: dict[str, Any], *keys: str) -> str:
+    """The first non-empty string among `keys`; other types count as absent."""
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _timestamp(value: object) -> float:
+    """Unix seconds when plausible (up to year 9999), else 0: the time is informational."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value) if 0 <= value < 253402300800 else 0.0
+    return 0.0
+
 
 class MilkyAdapter(Adapter):
-    """One Milky account. The API is plain HTTP; events come by `event_transport`."""
+    """One Milky account. The API is plain HTTP; events come by `event_transport` (see transports.py)."""
 
     protocol = "milky"
     max_text_length = 4500
@@ -43,43 +68,48 @@ class MilkyAdapter(Adapter):
         self.url = settings.url.rstrip("/")
         self.token = settings.access_token.get_secret_value()
         self.self_id = ""
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._stopping = False
-        self.port: int | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.transport: EventTransport | None = None
+        # Set when an API call finds the implementation unreachable (webhook mode watches it).
+        self.api_lost = asyncio.Event()
+        self._events: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "message_receive": self._on_message,
+            "friend_request": self._on_friend_request,
+            "group_invitation": self._on_group_invitation,
+            "group_nudge": self._on_group_nudge,
+            "friend_nudge": self._on_friend_nudge,
+            "bot_offline": self._on_bot_offline,
+        }
+
+    @property
+    def port(self) -> int | None:
+        """The webhook listener's port (webhook mode only)."""
+        return self.transport.port if self.transport is not None else None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        transport = self.settings.event_transport
-        if transport == "webhook":
-            await self._listen()
-            self.tasks.spawn(self._login_until_up(), name=f"{self.instance}-login")
-        else:
-            what = f"Milky event stream ({transport}) at {self.url}/event"
-            self.tasks.spawn(keep_connected(what, self._events, lambda: self._stopping, self.log), name=self.instance)
-        self.log.info("using Milky at {} (events by {})", self.url, transport)
+        self.http = aiohttp.ClientSession()
+        self.transport = create_transport(self)
+        await self.transport.start()
+        self.log.info("using Milky at {} (events by {})", self.url, self.settings.event_transport)
 
     async def stop(self) -> None:
-        self._stopping = True
         self._link_down()
+        if self.transport is not None:
+            await self.transport.stop()
         await super().stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        if self.http is not None:
+            await self.http.close()
 
-    def _auth(self) -> dict[str, str]:
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header for the API and the event stream, when a token is set."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def call(self, api: str, params: dict[str, Any] | None = None) -> Any:
         """POST /api/<api>; its `data`. Raises NotConnectedError or ActionFailedError (retcode, message)."""
-        assert self._session is not None
+        assert self.http is not None
         try:
-            async with self._session.post(
-                f"{self.url}/api/{api}",
-                json=params or {},
-                headers=self._auth(),
-                timeout=aiohttp.ClientTimeout(total=30),
+            async with self.http.post(
+                f"{self.url}/api/{api}", json=params or {}, headers=self.auth_headers(), timeout=API_TIMEOUT
             ) as response:
                 if response.status == 401:
                     raise ActionFailedError(api, 401, "unauthorized (check [milky] access_token)")
@@ -87,131 +117,87 @@ class MilkyAdapter(Adapter):
                     raise ActionFailedError(api, response.status, "HTTP error")
                 body = await response.json(content_type=None)
         except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+            self.api_lost.set()
             raise NotConnectedError(f"Milky unreachable: {type(exc).__name__}") from None
         except ValueError:
             raise ActionFailedError(api, "?", "the answer is not JSON") from None
         if not isinstance(body, dict) or body.get("status") != "ok":
             retcode = body.get("retcode", "?") if isinstance(body, dict) else "?"
-            message = str(body.get("message", "")) if isinstance(body, dict) else ""
+            message = str(body.get("message", ""))[:200] if isinstance(body, dict) else ""
             raise ActionFailedError(api, retcode if isinstance(retcode, int | str) else "?", message)
         return body.get("data")
 
-    async def _login(self) -> bool:
+    async def check_login(self, quiet: bool = False) -> None:
+        """get_login_info, learning the account; raises FatalLinkError for a refused token, LinkError otherwise."""
         try:
             info = await self.call("get_login_info")
+        except ActionFailedError as exc:
+            if exc.code in (401, 403):
+                raise FatalLinkError(TOKEN_REFUSED.format(exc.code)) from None
+            raise LinkError(f"get_login_info failed: {exc}") from None
+        except NotConnectedError as exc:
+            raise LinkError(str(exc)) from None
+        info = json_object(info)
+        try:
+            self.self_id = qq_number(info, "uin")
+        except Malformed:
+            self.log.warning("get_login_info gave no usable uin; the account is learned from events")
+        self.nickname = _text(info, "nickname") or self.nickname
+        if not quiet:
+            self.log.info("Milky account {} ({}) is online", self.self_id, self.nickname)
+
+    async def login(self) -> None:
+        """Learn the account once an event stream is up; a failure only costs the nickname until next time."""
+        try:
+            await self.check_login()
         except AdapterError as exc:
             self.log.warning("get_login_info failed: {}", exc)
-            return False
-        if isinstance(info, dict):
-            self.self_id = str(info.get("uin") or self.self_id)
-            self.nickname = str(info.get("nickname") or self.nickname)
-        self.log.info("Milky account {} ({}) is online", self.self_id, self.nickname)
-        return True
 
-    async def _events(self) -> tuple[bool, str]:
-        """One event connection (WS or SSE) until it ends."""
-        assert self._session is not None
-        url = f"{self.url}/event"
-        if self.settings.event_transport == "ws":
-            async with self._session.ws_connect(url, headers=self._auth(), heartbeat=30, max_msg_size=MAX_FRAME) as ws:
-                await self._connected()
-                async for msg in ws:
-                    if msg.type is WSMsgType.TEXT:
-                        await self._on_text(msg.data)
-                self._link_down()
-                return True, f"closed ({ws.close_code})"
-        async with self._session.get(
-            url,
-            headers={**self._auth(), "Accept": "text/event-stream"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
-        ) as response:
-            if response.status != 200:
-                return False, f"HTTP {response.status}" + (" (check access_token)" if response.status == 401 else "")
-            await self._connected()
-            async for data in sse_data(response.content):
-                await self._on_text(data)
-            self._link_down()
-            return True, "stream ended"
+    # --- events --------------------------------------------------------------------------------------
 
-    async def _connected(self) -> None:
-        self.log.info("Milky event stream connected ({})", self.settings.event_transport)
-        self._link_up()
-        self.tasks.spawn(self._login(), name=f"{self.instance}-login")
-
-    async def _login_until_up(self) -> None:
-        """Webhook mode has no stream to watch: the link is up once the API answers."""
-        backoff = Backoff(min_delay=1.0, max_delay=30.0)
-        for _ in itertools.count():
-            if self._stopping or await self._login():
-                break
-            await asyncio.sleep(backoff.next_delay())
-        self._link_up()
-
-    async def _listen(self) -> None:
-        host, port = self.settings.webhook_host, self.settings.webhook_port
-        app = web.Application(client_max_size=MAX_FRAME)
-        app.router.add_post("/{tail:.*}", self._webhook)
-        self._runner, self.port = await listen(app, host, port)
-        if host not in ("127.0.0.1", "localhost", "::1") and not self.token:
-            self.log.warning("SECURITY: the Milky webhook listens on {} without [milky] access_token", host)
-
-    async def _webhook(self, request: web.Request) -> web.Response:
-        if self.token and not token_matches(self.token, request.headers.get("Authorization", ""), ""):
-            self.log.warning("refused a Milky webhook call from {}: wrong or missing token", request.remote)
-            return web.Response(status=401)
-        text = await request.text()
-        self.tasks.spawn(self._on_text(text), name=f"{self.instance}-event")
-        return web.Response(status=204)
-
-    async def _on_text(self, text: str) -> None:
-        event = parse_frame(self.log, text)
-        if event is None:
-            return
-        try:
-            await self._on_event(event)
-        except Exception:
-            self.log.exception("dropped a Milky event that could not be handled")
-
-    async def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("self_id") and not self.self_id:
-            self.self_id = str(event["self_id"])
+    async def on_event(self, event: dict[str, Any]) -> None:
+        """One event envelope `{time, self_id, event_type, data}`, table-driven by event_type."""
         kind = event.get("event_type")
-        data = json_object(event.get("data"))
-        if kind == "message_receive":
-            message_event = self._message(data)
-            if message_event is not None:
-                await self.sink(message_event)
-        elif kind == "friend_request":
-            user = str(data.get("initiator_id", ""))
-            await self.sink(RequestEvent(self.instance, "friend", user, "", str(data.get("comment") or ""), raw=data))
-        elif kind == "group_invitation":
-            group, user = str(data.get("group_id", "")), str(data.get("initiator_id", ""))
-            await self.sink(RequestEvent(self.instance, "group_invite", user, group, "", raw=data))
-        elif kind in ("group_nudge", "friend_nudge"):
-            await self._on_nudge(kind, data)
-        elif kind == "bot_offline":
-            self.log.warning("the Milky account went offline: {}", data.get("reason", ""))
-        else:
-            self.log.debug("ignored Milky event {}", kind)
+        handler = self._events.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self.log.debug("ignored Milky event {}", preview(str(kind), 40))
+            return
+        if not self.self_id:
+            with contextlib.suppress(Malformed):  # else learned from get_login_info or a later event
+                self.self_id = qq_number(event, "self_id")
+        try:
+            data = event.get("data")
+            if not isinstance(data, dict):
+                raise Malformed("data")
+            await handler(data)
+        except Malformed as exc:
+            self.log.warning("dropped a Milky {} event: missing or malformed {}", kind, exc)
+
+    async def _on_message(self, data: dict[str, Any]) -> None:
+        event = self._message(data)
+        if event is not None:
+            await self.sink(event)
 
     def _message(self, data: dict[str, Any]) -> MessageEvent | None:
-        scene = SCENES.get(str(data.get("message_scene")))
-        sender = str(data.get("sender_id", ""))
-        if scene is None or not sender or sender == self.self_id:
-            return None  # unknown scenes, and the bot's own messages
-        peer = str(data.get("peer_id", ""))
+        scene_name = data.get("message_scene")
+        scene = SCENES.get(scene_name) if isinstance(scene_name, str) else None
+        if scene is None:
+            raise Malformed("message_scene")
+        sender = qq_number(data, "sender_id")
+        peer = qq_number(data, "peer_id")
+        seq = sequence(data, "message_seq")
+        if sender == self.self_id:
+            return None  # the bot's own messages
         group = json_object(data.get("group"))
         member = json_object(data.get("group_member"))
         friend = json_object(data.get("friend"))
-        group_id = (
-            peer if scene is ChatType.GROUP else str(group.get("group_id") or "") if scene is ChatType.TEMP else ""
-        )
+        group_id = ""
+        if scene is ChatType.GROUP:
+            group_id = peer
+        elif scene is ChatType.TEMP and group.get("group_id") is not None:
+            group_id = qq_number(group, "group_id")
         message = decode_segments(message_segments(data))
-        to_me = scene is not ChatType.GROUP or any(
-            (isinstance(seg, At) and seg.target == self.self_id)
-            or (isinstance(seg, Quote) and seg.sender_id == self.self_id)
-            for seg in message
-        )
+        role = member.get("role")
         return MessageEvent(
             adapter=self.instance,
             platform="qq",
@@ -220,24 +206,44 @@ class MilkyAdapter(Adapter):
             user_id=sender,
             group_id=group_id,
             message=message,
-            message_id=str(data.get("message_seq", "")),
-            to_me=to_me,
-            sender_name=str(member.get("card") or member.get("nickname") or friend.get("nickname") or ""),
-            sender_role=ROLES.get(str(member.get("role", "")), Role.MEMBER),
-            time=float(data.get("time") or 0),
+            message_id=str(seq),
+            to_me=scene is not ChatType.GROUP or addressed_to(message, self.self_id),
+            sender_name=_text(member, "card", "nickname") or _text(friend, "nickname"),
+            sender_role=ROLES.get(role, Role.MEMBER) if isinstance(role, str) else Role.MEMBER,
+            time=_timestamp(data.get("time")),
             raw=data,
         )
 
-    async def _on_nudge(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "group_nudge":
-            sender, receiver = str(data.get("sender_id", "")), str(data.get("receiver_id", ""))
-            if receiver == self.self_id and sender != self.self_id:
-                await self.sink(
-                    NoticeEvent(self.instance, "poke", sender, str(data.get("group_id", "")), receiver, raw=data)
-                )
-        elif data.get("is_self_receive") and not data.get("is_self_send"):
-            user = str(data.get("user_id", ""))
+    async def _on_friend_request(self, data: dict[str, Any]) -> None:
+        user = qq_number(data, "initiator_id")
+        uid = _text(data, "initiator_uid")
+        if not uid.isprintable() or not uid.strip():
+            raise Malformed("initiator_uid")  # the request is answered by it
+        await self.sink(RequestEvent(self.instance, "friend", user, "", _text(data, "comment"), raw=data))
+
+    async def _on_group_invitation(self, data: dict[str, Any]) -> None:
+        group = qq_number(data, "group_id")
+        user = qq_number(data, "initiator_id")
+        sequence(data, "invitation_seq")  # the invitation is answered by it
+        await self.sink(RequestEvent(self.instance, "group_invite", user, group, "", raw=data))
+
+    async def _on_group_nudge(self, data: dict[str, Any]) -> None:
+        group = qq_number(data, "group_id")
+        sender = qq_number(data, "sender_id")
+        receiver = qq_number(data, "receiver_id")
+        if receiver == self.self_id and sender != self.self_id:
+            await self.sink(NoticeEvent(self.instance, "poke", sender, group, receiver, raw=data))
+
+    async def _on_friend_nudge(self, data: dict[str, Any]) -> None:
+        user = qq_number(data, "user_id")
+        # Only a friend nudging the bot counts; anything but a real `true` is not that.
+        if data.get("is_self_receive") is True and data.get("is_self_send") is not True:
             await self.sink(NoticeEvent(self.instance, "poke", user, "", self.self_id, raw=data))
+
+    async def _on_bot_offline(self, data: dict[str, Any]) -> None:
+        self.log.warning("the Milky account went offline: {}", preview(_text(data, "reason")))
+
+    # --- actions -------------------------------------------------------------------------------------
 
     async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
         if quote:

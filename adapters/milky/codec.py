@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 from adapters.fields import NUMBER as _NUMBER
 from adapters.fields import Malformed as _Malformed
 from adapters.fields import decode_typed
+from adapters.fields import file_uri as _file_uri
 from adapters.fields import integer as _int
 from adapters.fields import number_id as _number_id
 from adapters.fields import text as _str
@@ -214,13 +213,6 @@ def decode_forwarded(data: object) -> tuple[ForwardNode, ...]:
 
 def _text_segment(text: str) -> _Json:
     return {"type": "text", "data": {"text": text}}
-
-
-def _file_uri(path: str) -> str:
-    if path.startswith("file://"):
-        return path
-    # Left unquoted, as the spec shows; "/tmp/a" → file:///tmp/a and C:\a → file:///C:/a.
-    return "file:///" + Path(os.path.abspath(path)).as_posix().lstrip("/")
 
 
 def _base64_uri(data: str) -> str:

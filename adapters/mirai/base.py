@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
+from functools import partial
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
-from adapters.base import Adapter, EventSink, json_object, parse_frame
+from adapters.base import Adapter, EventSink, addressed_to
+from adapters.echo import EchoStore
+from adapters.fields import Malformed, mapping, number_id, qq_number, shown
+from adapters.frames import preview
+from adapters.link import LinkStatus
 from adapters.mirai.codec import decode_chain, encode_chain
 from adapters.mirai.settings import MiraiSettings
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
-from core.message import At, Forward, ForwardNode, Image, Message, Quote, Text, describe
+from core.message import Forward, ForwardNode, Image, Message, Text, describe
 
 COMMAND_TIMEOUT = 15.0
 # mirai-api-http's ktor client answers pings; a socket that stops answering is closed after this.
 HEARTBEAT = 30.0
-MAX_FRAME = 16 * 1024 * 1024
 
 MESSAGE_EVENTS = {
     "FriendMessage": ChatType.PRIVATE,
@@ -43,9 +46,11 @@ BOT_STATE_EVENTS = {
     "BotOfflineEventForce": "bot account went offline (forced off by another login)",
     "BotOfflineEventDropped": "bot account went offline (network dropped)",
 }
+REQUEST_EVENTS = {"NewFriendRequestEvent": "friend", "BotInvitedJoinGroupRequestEvent": "group_invite"}
 ROLES = {"OWNER": Role.OWNER, "ADMINISTRATOR": Role.ADMIN}
+WRONG_VERIFY_KEY = 1
 VERIFY_FAILURES = {
-    1: "verifyKey mismatch: [mirai] api_key must equal verifyKey in mirai-api-http's setting.yml",
+    WRONG_VERIFY_KEY: "verifyKey mismatch: [mirai] api_key must equal verifyKey in mirai-api-http's setting.yml",
     2: "bot qq not logged in: mirai has no logged-in bot with [mirai] qq = {qq}",
 }
 
@@ -65,12 +70,18 @@ class Socket(Protocol):
     def __aiter__(self) -> Any: ...
 
 
+def _name(*values: object) -> str:
+    """The first non-empty text among a sender's name fields (other types are not names)."""
+    return next((value for value in values if isinstance(value, str) and value), "")
+
+
 class MiraiBase(Adapter):
     """mirai-api-http v2 over one verified WebSocket, whichever side dialled.
 
     Events arrive with syncId -1; commands are envelopes matched to their answers by syncId with
-    a timeout. Subclasses decide how the socket is obtained and verified (`_on_handshake`) and
-    call `_activate` once it is; a newer verified socket replaces the old one.
+    a timeout. Subclasses decide how the socket is obtained and verified and call `_activate`
+    once it is; a newer verified socket replaces the old one. Every frame passes the error
+    boundary (`receive`): a frame that cannot be handled is logged and dropped, never fatal.
     """
 
     protocol = "mirai"
@@ -85,22 +96,24 @@ class MiraiBase(Adapter):
         self.log = self.log.bind(self_id=self.self_id)
         self._ws: Socket | None = None
         self.session_key = ""
-        self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._sync_ids = itertools.count(2)
-        self._stopping = False
+        # syncId 1 is the reverse-ws verify; -1 is reserved for events.
+        self._pending = EchoStore("mirai-api-http", COMMAND_TIMEOUT, first=2)
 
     async def stop(self) -> None:
         """Close the socket and cancel owned tasks."""
-        self._stopping = True
+        self.stopping = True
         self._link_down()
         if self._ws is not None:
             await self._ws.close()
-        self._fail_pending()
+        self._pending.fail_all()
         await super().stop()
 
     async def _on_handshake(self, ws: Socket, frame: dict[str, Any]) -> None:
         """A frame on a socket that is not verified yet."""
         raise NotImplementedError
+
+    def _on_verified(self, up: bool) -> None:
+        """The verified socket came (`up`) or went: transports report it in their link status."""
 
     async def _activate(self, ws: Socket, session_key: str) -> None:
         """`ws` is verified: it carries events and commands from now on."""
@@ -110,6 +123,7 @@ class MiraiBase(Adapter):
             self.log.info("a new mirai-api-http connection replaces the old one")
             await old.close()
         self.log.info("connected to mirai-api-http ({}); bot qq {} is online", self.mode, self.self_id)
+        self._on_verified(True)
         self._link_up()
         self.tasks.spawn(self._learn_nickname(), name=f"{self.instance}-profile")
 
@@ -119,27 +133,24 @@ class MiraiBase(Adapter):
             return False
         self._ws = None
         self._link_down()
-        self._fail_pending()
+        self._on_verified(False)
+        self._pending.fail_all()
         return True
 
-    def _verify_failed(self, code: object, message: object) -> None:
-        reason = VERIFY_FAILURES.get(code) if isinstance(code, int) else None
-        text = (reason or "verify failed: code {code} {msg}").format(qq=self.self_id, code=code, msg=message or "")
-        self.log.error("mirai-api-http refused verify: {}", text)
+    def _refusal(self, code: object, message: object) -> str:
+        """The one line explaining a refused verify (the key itself is never part of it)."""
+        reason = VERIFY_FAILURES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
+        if reason is not None:
+            return reason.format(qq=self.self_id)
+        return f"verify failed: code {shown(code, 20)} {shown(message or '', 100)}"
 
-    async def _receive(self, ws: Socket) -> None:
+    async def _receive(self, ws: Socket, status: LinkStatus) -> None:
+        """Every frame of `ws` through the error boundary, until the socket closes."""
         async for msg in ws:
-            if msg.type is not WSMsgType.TEXT:
-                if msg.type is WSMsgType.ERROR:
-                    self.log.warning("websocket error: {}", ws.exception())
-                continue
-            frame = parse_frame(self.log, msg.data)
-            if frame is None:
-                continue
-            try:
-                await self._on_frame(ws, frame)
-            except Exception:
-                self.log.exception("dropped a frame that could not be handled")
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await self.receive(msg.data, partial(self._on_frame, ws), status)
+            elif msg.type is WSMsgType.ERROR:
+                self.log.warning("websocket error: {}", ws.exception())
 
     async def _on_frame(self, ws: Socket, frame: dict[str, Any]) -> None:
         if ws is not self._ws:
@@ -147,19 +158,19 @@ class MiraiBase(Adapter):
             return
         if "syncId" not in frame:
             # A bare {"code","msg"}: mirai-api-http could not parse something we sent.
-            self.log.warning("mirai-api-http refused a frame: code {} {}", frame.get("code"), frame.get("msg", ""))
+            self.log.warning(
+                "mirai-api-http refused a frame: code {} {}",
+                shown(frame.get("code"), 20),
+                shown(frame.get("msg", ""), 100),
+            )
             return
-        sync_id = str(frame.get("syncId"))
         data = frame.get("data")
-        future = self._pending.get(sync_id)
-        if future is not None:
-            if not future.done():
-                future.set_result(data)
+        if self._pending.resolve(frame.get("syncId"), data):
             return
         if isinstance(data, dict) and isinstance(data.get("type"), str):
             await self._on_event(data)
         else:
-            self.log.debug("dropped a frame with syncId {} and no event", sync_id)
+            self.log.debug("dropped a frame with syncId {} and no event", shown(frame.get("syncId"), 20))
 
     async def _learn_nickname(self) -> None:
         """The bot's own name, for `require_mention = "mention"` (a message starting with it)."""
@@ -173,7 +184,15 @@ class MiraiBase(Adapter):
             self.nickname = nickname.strip()
 
     async def _on_event(self, data: dict[str, Any]) -> None:
-        kind = data["type"]
+        kind: str = data["type"]
+        try:
+            await self._dispatch(kind, data)
+        except Malformed as exc:
+            # A field the event's identity rests on (a sender, a group, a request id) is not what it
+            # must be: answering would reach the wrong chat, so the event is dropped.
+            self.log.warning("dropped a {} event with a malformed {}: {}", shown(kind, 40), exc, preview(data))
+
+    async def _dispatch(self, kind: str, data: dict[str, Any]) -> None:
         if kind in MESSAGE_EVENTS:
             event = self._message_event(kind, data)
             if event is not None:
@@ -182,40 +201,27 @@ class MiraiBase(Adapter):
             return
         elif kind in BOT_STATE_EVENTS:
             level = "INFO" if kind in ("BotOnlineEvent", "BotReloginEvent") else "WARNING"
-            self.log.log(level, "{} ({})", BOT_STATE_EVENTS[kind], data.get("qq", ""))
+            self.log.log(level, "{} ({})", BOT_STATE_EVENTS[kind], shown(data.get("qq", ""), 20))
         elif kind == "NudgeEvent":
             await self._on_nudge(data)
-        elif kind in ("NewFriendRequestEvent", "BotInvitedJoinGroupRequestEvent"):
-            await self.sink(
-                RequestEvent(
-                    adapter=self.instance,
-                    kind="friend" if kind == "NewFriendRequestEvent" else "group_invite",
-                    user_id=str(data.get("fromId", "")),
-                    group_id=str(data.get("groupId") or ""),
-                    comment=str(data.get("message", "")),
-                    raw=data,
-                )
-            )
+        elif kind in REQUEST_EVENTS:
+            await self.sink(self._request_event(REQUEST_EVENTS[kind], data))
         else:
-            self.log.debug("ignored event {}", kind)
+            self.log.debug("ignored event {}", shown(kind, 40))
 
     def _message_event(self, kind: str, data: dict[str, Any]) -> MessageEvent | None:
-        sender = data.get("sender")
-        if not isinstance(sender, dict) or "id" not in sender:
-            self.log.warning("dropped a {} without a sender", kind)
-            return None
-        user_id = str(sender["id"])
+        """The event, None for the bot's own messages; raises Malformed when who or where is unclear."""
+        sender = mapping(data, "sender")
+        user_id = qq_number(sender, "id")
         if user_id == self.self_id:
             return None
         chat_type = MESSAGE_EVENTS[kind]
-        group = json_object(sender.get("group"))
-        group_id = str(group.get("id", "")) if chat_type in (ChatType.GROUP, ChatType.TEMP) else ""
-        decoded = decode_chain(data.get("messageChain"))
-        to_me = chat_type is not ChatType.GROUP or any(
-            (isinstance(seg, At) and seg.target == self.self_id)
-            or (isinstance(seg, Quote) and seg.sender_id == self.self_id)
-            for seg in decoded.message
-        )
+        group_id = qq_number(mapping(sender, "group"), "id") if chat_type in (ChatType.GROUP, ChatType.TEMP) else ""
+        chain = data.get("messageChain")
+        if not isinstance(chain, list):
+            raise Malformed("messageChain")
+        decoded = decode_chain(chain)
+        permission = sender.get("permission")
         return MessageEvent(
             adapter=self.instance,
             platform="qq",
@@ -225,61 +231,65 @@ class MiraiBase(Adapter):
             group_id=group_id,
             message=decoded.message,
             message_id=decoded.message_id,
-            to_me=to_me,
-            sender_name=str(sender.get("memberName") or sender.get("nickname") or ""),
-            sender_role=ROLES.get(str(sender.get("permission", "")), Role.MEMBER),
+            to_me=chat_type is not ChatType.GROUP or addressed_to(decoded.message, self.self_id),
+            sender_name=_name(sender.get("memberName"), sender.get("nickname")),
+            sender_role=ROLES.get(permission, Role.MEMBER) if isinstance(permission, str) else Role.MEMBER,
             time=float(decoded.time),
             raw=data,
         )
 
     async def _on_nudge(self, data: dict[str, Any]) -> None:
-        subject = json_object(data.get("subject"))
-        from_id = str(data.get("fromId", ""))
-        if from_id == self.self_id or str(data.get("target", "")) != self.self_id:
+        from_id = qq_number(data, "fromId")
+        target = number_id(data, "target")
+        if from_id == self.self_id or target != self.self_id:
             return  # only pokes aimed at the bot, by someone else, are news
+        subject = mapping(data, "subject")
+        where = subject.get("kind")
+        if where not in ("Group", "Friend", "Stranger"):
+            raise Malformed("subject")  # where to answer is unknown
         await self.sink(
             NoticeEvent(
                 adapter=self.instance,
                 kind="poke",
                 user_id=from_id,
-                group_id=str(subject.get("id", "")) if subject.get("kind") == "Group" else "",
-                target_id=str(data.get("target", "")),
+                group_id=qq_number(subject, "id") if where == "Group" else "",
+                target_id=target,
                 raw=data,
             )
         )
 
-    def _fail_pending(self) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(NotConnectedError("mirai-api-http disconnected"))
-        self._pending.clear()
+    def _request_event(self, kind: str, data: dict[str, Any]) -> RequestEvent:
+        """A friend request or group invitation; raises Malformed when it could not be answered correctly."""
+        qq_number(data, "eventId")  # positive like a QQ number: the handle the answer goes back with
+        # A friend request carries groupId 0, or the group it came through.
+        no_group = kind == "friend" and data.get("groupId") in (None, 0, "0")
+        group_id = "" if no_group else qq_number(data, "groupId")
+        comment = data.get("message")
+        return RequestEvent(
+            adapter=self.instance,
+            kind=kind,
+            user_id=qq_number(data, "fromId"),
+            group_id=group_id,
+            comment=comment if isinstance(comment, str) else "",
+            raw=data,
+        )
 
     async def call(self, command: str, content: dict[str, Any], sub_command: str | None = None) -> dict[str, Any]:
         """Run one mirai-api-http command over the socket; raises NotConnectedError/ActionFailedError."""
         ws = self._ws
         if ws is None or ws.closed:
             raise NotConnectedError("mirai-api-http is not connected")
-        sync_id = str(next(self._sync_ids))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[sync_id] = future
-        frame = {"syncId": sync_id, "command": command, "subCommand": sub_command, "content": content}
-        try:
-            try:
-                await ws.send_str(json.dumps(frame, ensure_ascii=False))
-            except (ConnectionError, RuntimeError) as exc:
-                raise NotConnectedError(str(exc)) from None
-            try:
-                async with asyncio.timeout(COMMAND_TIMEOUT):
-                    data = await future
-            except TimeoutError:
-                raise ActionFailedError(command, "timeout", f"no answer in {COMMAND_TIMEOUT}s") from None
-        finally:
-            self._pending.pop(sync_id, None)
+        sync_id = self._pending.next_key()
+        frame = json.dumps(
+            {"syncId": sync_id, "command": command, "subCommand": sub_command, "content": content}, ensure_ascii=False
+        )
+        data = await self._pending.request(sync_id, command, partial(ws.send_str, frame))
         if not isinstance(data, dict):
             raise ActionFailedError(command, "?", "answer is not an object")
         code = data.get("code", 0)
         if code != 0:
-            raise ActionFailedError(command, code, str(data.get("msg", "")))
+            code_shown = code if isinstance(code, int | str) else "?"
+            raise ActionFailedError(command, code_shown, shown(data.get("msg", ""), 200))
         return data
 
     async def _prepare(self, message: Message, target: Target) -> Message:
@@ -335,9 +345,10 @@ class MiraiBase(Adapter):
         await self.call(
             command,
             {
-                "eventId": event.raw.get("eventId"),
-                "fromId": event.raw.get("fromId"),
-                "groupId": event.raw.get("groupId"),
+                # The ids as the event was validated (`_request_event`), as the numbers mirai wants.
+                "eventId": int(event.raw["eventId"]),
+                "fromId": int(event.user_id),
+                "groupId": int(event.group_id or 0),
                 "operate": 0 if approve else 1,
                 "message": "",
             },

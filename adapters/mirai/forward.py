@@ -8,9 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from aiohttp import WSMsgType
 
-from adapters.link import keep_connected
-from adapters.mirai.base import HEARTBEAT, MAX_FRAME, MiraiBase, Socket
+from adapters.base import json_object
+from adapters.frames import parse_frame
+from adapters.link import FatalLinkError, Link, LinkError
+from adapters.mirai.base import COMMAND_TIMEOUT, HEARTBEAT, WRONG_VERIFY_KEY, MiraiBase, Socket
 from core.event import ChatType, Target
 from core.message import Image, Message
 
@@ -30,9 +33,10 @@ def ws_address(url: str) -> str:
 class MiraiForward(MiraiBase):
     """Connects to mirai-api-http (verifyKey and qq as headers and query, as it reads both).
 
-    Start-up does not wait for mirai: the bot runs and connects when mirai comes up. Every
-    failure is retried with capped, jittered backoff; the log says once when the link goes down
-    and once when it is back. `http_url` carries what WebSocket cannot: image uploads.
+    Start-up does not wait for mirai: the bot runs and connects when mirai comes up. The
+    connection is a `Link`: every failure is retried with capped, jittered backoff, except a
+    refused verifyKey, which stops it with one line naming `[mirai] api_key`. `http_url`
+    carries what WebSocket cannot: image uploads.
     """
 
     mode = "forward ws"
@@ -42,39 +46,64 @@ class MiraiForward(MiraiBase):
         self.url = ws_address(self.settings.ws_url)
         self.http_url = self.settings.http_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self.link = Link(f"mirai-api-http at {self.url}", self._connect_once, self.log)
 
     async def start(self) -> None:
         """Begin connecting in the background."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        self.tasks.spawn(self._run(), name=f"{self.instance}-link")
+        self.supervise(self.link)
         self.log.info("connecting to mirai-api-http at {} (forward ws)", self.url)
 
     async def stop(self) -> None:
         """Close the link and stop reconnecting."""
+        self.link.stop()
         await super().stop()
         if self._session is not None:
             await self._session.close()
 
-    async def _run(self) -> None:
-        await keep_connected(f"mirai-api-http at {self.url}", self._connect_once, lambda: self._stopping, self.log)
-
-    async def _connect_once(self) -> tuple[bool, str]:
+    async def _connect_once(self, link: Link) -> str:
+        """One connection: handshake, then frames until it closes; raises what `classify` sorts."""
         assert self._session is not None
         auth = {"verifyKey": self.settings.api_key.get_secret_value(), "qq": str(self.settings.qq)}
         async with self._session.ws_connect(
-            self.url, headers=auth, params=auth, heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME
+            self.url,
+            headers=auth,
+            params=auth,
+            heartbeat=HEARTBEAT,
+            # aiohttp refuses a frame of exactly max_msg_size bytes; the cap itself is inclusive.
+            max_msg_size=self.max_frame + 1,
+            decode_text=False,
         ) as ws:
-            await self._receive(ws)
-        return self._deactivate(ws), f"closed by mirai-api-http (code {ws.close_code})"
+            try:
+                await self._handshake(ws)
+                link.up()
+                await self._receive(ws, link.status)
+            finally:
+                self._deactivate(ws)
+        return f"closed by mirai-api-http (code {ws.close_code})"
+
+    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        """The server speaks first: `{"syncId":"","data":{"code":0,"session":"..."}}`; a refusal then closes.
+
+        Raises FatalLinkError for a wrong verifyKey (retrying cannot fix the config), LinkError otherwise.
+        """
+        msg = await ws.receive(timeout=COMMAND_TIMEOUT)
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            raise LinkError(f"closed by mirai-api-http before the handshake (code {ws.close_code})")
+        frame = parse_frame(self.log, msg.data, self.max_frame) or {}
+        data = json_object(frame.get("data")) if "data" in frame else frame
+        session = data.get("session")
+        if data.get("code") == 0 and isinstance(session, str) and session:
+            await self._activate(ws, session)
+            return
+        reason = self._refusal(data.get("code"), data.get("msg"))
+        if data.get("code") == WRONG_VERIFY_KEY:
+            raise FatalLinkError(reason)
+        raise LinkError(reason)
 
     async def _on_handshake(self, ws: Socket, frame: dict[str, Any]) -> None:
-        # The server speaks first: {"syncId":"","data":{"code":0,"session":"..."}}; a refusal closes.
-        data = frame.get("data")
-        data = data if isinstance(data, dict) else frame
-        if data.get("code") == 0 and data.get("session"):
-            await self._activate(ws, str(data["session"]))
-        else:
-            self._verify_failed(data.get("code"), data.get("msg"))
+        # Only a replaced socket's late frames get here: the handshake is read before the frame loop.
+        self.log.debug("dropped a frame from a replaced mirai-api-http connection")
 
     async def _prepare(self, message: Message, target: Target) -> Message:
         """Large base64 images are uploaded over HTTP and sent by imageId."""

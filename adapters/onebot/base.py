@@ -3,38 +3,47 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-import itertools
 from typing import Any
 
-from adapters.base import Adapter, EventSink, json_object
+from adapters.base import Adapter, EventSink, addressed_to, json_object
+from adapters.echo import EchoStore
+from adapters.fields import QQ_NUMBER, Malformed, number_id, qq_number, shown
+from adapters.frames import preview
+from adapters.listen import LOOPBACK
 from adapters.onebot.codec import decode_forward_result, decode_message, encode_forward_nodes, encode_message
 from adapters.onebot.settings import OneBotSettings
-from core.errors import ActionFailedError, AdapterError, NotConnectedError
+from core.errors import ActionFailedError, AdapterError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
-from core.message import At, Forward, Message, Quote
+from core.message import Forward, Message, Quote
 
 ACTION_TIMEOUT = 15.0
 QUOTE_LOOKUP_TIMEOUT = 5.0
 ROLES = {"owner": Role.OWNER, "admin": Role.ADMIN}
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def token_matches(expected: str, authorization: str, query_token: str) -> bool:
-    """`Authorization: Bearer|Token <t>` (any case) or `?access_token=<t>`, compared in constant time."""
-    given = query_token
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() in ("bearer", "token") and value:
-        given = value.strip()
-    return hmac.compare_digest(given.encode(), expected.encode())
+def optional_qq(data: dict[str, Any], key: str) -> str:
+    """A user or group number that may be absent ("" then); raises Malformed when present but not one."""
+    return "" if data.get(key) in (None, "", 0, "0") else qq_number(data, key)
+
+
+def _text(*values: object) -> str:
+    """The first non-empty text among fields that should hold one (other types are not text)."""
+    return next((value for value in values if isinstance(value, str) and value), "")
+
+
+def _time(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e11:
+        return float(value)
+    return 0.0
 
 
 class OneBotBase(Adapter):
     """OneBot 11 seen from the bot: decode events, run actions, send messages.
 
-    Subclasses provide `_request(action, params)` (over a socket with an echo, or HTTP) and feed
-    every event dict to `_on_event`. Message events that quote a message are completed with
-    `get_msg` (the quoted text is context for the model) off the receive path.
+    Subclasses provide `_request(action, params)` (over a socket with an echo, or HTTP) and pass
+    every frame through the error boundary (`receive`/`guarded`) to `_on_frame`. Message events
+    that quote a message are completed with `get_msg` (the quoted text is context for the model)
+    off the receive path.
     """
 
     protocol = "onebot"
@@ -47,9 +56,7 @@ class OneBotBase(Adapter):
         self.settings: OneBotSettings = settings
         self.self_id = str(settings.qq) if settings.qq else ""
         self.token = settings.access_token.get_secret_value()
-        self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._echoes = itertools.count(1)
-        self._stopping = False
+        self._pending = EchoStore("the OneBot implementation", ACTION_TIMEOUT)
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -63,46 +70,14 @@ class OneBotBase(Adapter):
         status = response.get("status")
         if status not in ("ok", "async"):
             retcode = response.get("retcode", "?")
-            wording = str(response.get("wording") or response.get("message") or response.get("msg") or "")
-            raise ActionFailedError(action, retcode if isinstance(retcode, int | str) else "?", wording)
+            wording = _text(response.get("wording"), response.get("message"), response.get("msg"))
+            code_shown = retcode if isinstance(retcode, int | str) and not isinstance(retcode, bool) else "?"
+            raise ActionFailedError(action, code_shown, shown(wording, 200) if wording else "")
         return response.get("data")
-
-    def _next_echo(self) -> str:
-        return str(next(self._echoes))
-
-    async def _await_echo(self, echo: str, send: Any) -> dict[str, Any]:
-        """Register `echo`, run `send()`, wait for the matching response (with a timeout)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[echo] = future
-        try:
-            try:
-                await send()
-            except (ConnectionError, RuntimeError) as exc:
-                raise NotConnectedError(str(exc)) from None
-            try:
-                async with asyncio.timeout(ACTION_TIMEOUT):
-                    response = await future
-            except TimeoutError:
-                raise ActionFailedError("action", "timeout", f"no answer in {ACTION_TIMEOUT}s") from None
-        finally:
-            self._pending.pop(echo, None)
-        return response if isinstance(response, dict) else {}
 
     def _on_response(self, frame: dict[str, Any]) -> bool:
         """A frame answering one of our actions; True when it was one."""
-        echo = frame.get("echo")
-        future = self._pending.get(str(echo)) if echo is not None else None
-        if future is None:
-            return False
-        if not future.done():
-            future.set_result(frame)
-        return True
-
-    def _fail_pending(self) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(NotConnectedError("OneBot link lost"))
-        self._pending.clear()
+        return "echo" in frame and self._pending.resolve(frame.get("echo"), frame)
 
     async def _login(self) -> None:
         """`get_login_info` once the link is up: the bot's qq and name."""
@@ -111,61 +86,96 @@ class OneBotBase(Adapter):
         except AdapterError as exc:
             self.log.warning("get_login_info failed: {}", exc)
             return
-        if isinstance(info, dict):
-            if info.get("user_id") and not self.self_id:
-                self.self_id = str(info["user_id"])
-            if isinstance(info.get("nickname"), str):
-                self.nickname = info["nickname"]
-            self.log.info("OneBot account {} ({}) is online via {}", self.self_id, self.nickname, self.mode)
+        self._learn_login(info)
+        self.log.info("OneBot account {} ({}) is online via {}", self.self_id, self.nickname, self.mode)
+
+    def _learn_login(self, info: object) -> None:
+        """The account number and nickname from a get_login_info answer, when they are well formed."""
+        info = json_object(info)
+        if not self.self_id and isinstance(info.get("user_id"), int | str):
+            user_id = str(info["user_id"])
+            self.self_id = user_id if QQ_NUMBER.fullmatch(user_id) else ""
+        nickname = info.get("nickname")
+        if isinstance(nickname, str):
+            self.nickname = nickname
 
     # --- events -----------------------------------------------------------------------------------
 
+    async def _on_frame(self, frame: dict[str, Any]) -> None:
+        """One frame from any transport: an action's answer, an event, or a refusal to log."""
+        if self._on_response(frame):
+            return
+        if "post_type" in frame:
+            await self._on_event(frame)
+        elif frame.get("status") == "failed":
+            self.log.warning(
+                "OneBot refused something: retcode {} {}",
+                shown(frame.get("retcode"), 20),
+                shown(frame.get("wording", ""), 100),
+            )
+
     async def _on_event(self, event: dict[str, Any]) -> None:
         post_type = event.get("post_type")
-        if event.get("self_id") and not self.self_id:
-            self.self_id = str(event["self_id"])
-        if post_type == "message":
-            await self._on_message(event)
-        elif post_type == "notice":
-            await self._on_notice(event)
-        elif post_type == "request":
-            await self._on_request(event)
-        elif post_type == "meta_event":
-            self._on_meta(event)
-        elif post_type == "message_sent":
-            return  # the bot's own messages (NapCat reportSelfMessage): answering them would loop
-        else:
-            self.log.debug("ignored OneBot event with post_type {!r}", post_type)
+        if not self.self_id and isinstance(event.get("self_id"), int | str):
+            self_id = str(event["self_id"])
+            self.self_id = self_id if QQ_NUMBER.fullmatch(self_id) else ""
+        try:
+            if post_type == "message":
+                await self._on_message(event)
+            elif post_type == "notice":
+                await self._on_notice(event)
+            elif post_type == "request":
+                await self._on_request(event)
+            elif post_type == "meta_event":
+                self._on_meta(event)
+            elif post_type == "message_sent":
+                return  # the bot's own messages (NapCat reportSelfMessage): answering them would loop
+            else:
+                self.log.debug("ignored OneBot event with post_type {}", shown(post_type, 40))
+        except Malformed as exc:
+            # A field the event's identity rests on (a user, a group, a message id, a flag) is not what
+            # it must be: answering would reach the wrong chat, so the event is dropped.
+            self.log.warning(
+                "dropped a OneBot {} event with a malformed {}: {}", shown(post_type, 20), exc, preview(event)
+            )
 
     def _on_meta(self, event: dict[str, Any]) -> None:
         """Lifecycle and heartbeat: transports that watch link health override this."""
         if event.get("meta_event_type") == "lifecycle":
-            self.log.debug("OneBot lifecycle {}", event.get("sub_type"))
+            self.log.debug("OneBot lifecycle {}", shown(event.get("sub_type"), 20))
 
     async def _on_message(self, event: dict[str, Any]) -> None:
-        user_id = str(event.get("user_id", ""))
-        if not user_id or user_id == self.self_id:
+        user_id = qq_number(event, "user_id")
+        if user_id == self.self_id:
             return
         message_type = event.get("message_type")
         if message_type == "group":
-            chat_type, group_id = ChatType.GROUP, str(event.get("group_id", ""))
+            chat_type, group_id = ChatType.GROUP, qq_number(event, "group_id")
         elif message_type == "private":
             temp = event.get("sub_type") == "group"
             chat_type = ChatType.TEMP if temp else ChatType.PRIVATE
             group_id = (
-                str(event.get("group_id") or json_object(event.get("sender")).get("group_id") or "") if temp else ""
+                (optional_qq(event, "group_id") or optional_qq(json_object(event.get("sender")), "group_id"))
+                if temp
+                else ""
             )
         else:
-            self.log.debug("ignored a message of type {!r}", message_type)
+            self.log.debug("ignored a message of type {}", shown(message_type, 20))
             return
+        number_id(event, "message_id")  # a malformed id would be quoted back into the chat
         message = decode_message(event.get("message"))
         if any(_needs_lookup(seg) for seg in message):
             # get_msg / get_forward_msg are round trips: do them off the receive loop so events keep flowing.
-            self.tasks.spawn(self._completed(event, chat_type, group_id, message), name=f"{self.instance}-lookup")
+            self.tasks.spawn(
+                self.guarded(event, lambda e: self._completed(e, chat_type, user_id, group_id, message)),
+                name=f"{self.instance}-lookup",
+            )
             return
-        await self.sink(self._message_event(event, chat_type, group_id, message))
+        await self.sink(self._message_event(event, chat_type, user_id, group_id, message))
 
-    async def _completed(self, event: dict[str, Any], chat_type: ChatType, group_id: str, message: Message) -> None:
+    async def _completed(
+        self, event: dict[str, Any], chat_type: ChatType, user_id: str, group_id: str, message: Message
+    ) -> None:
         """The message with quoted messages and forwarded chat logs fetched, then handed on."""
         filled: list[Any] = []
         for seg in message:
@@ -174,7 +184,7 @@ class OneBotBase(Adapter):
             elif isinstance(seg, Forward) and _needs_lookup(seg):
                 seg = await self._forwarded(seg)
             filled.append(seg)
-        await self.sink(self._message_event(event, chat_type, group_id, tuple(filled)))
+        await self.sink(self._message_event(event, chat_type, user_id, group_id, tuple(filled)))
 
     async def _forwarded(self, forward: Forward) -> Forward:
         """A forward's nodes from get_forward_msg (either the spec's or LLBot's answer shape)."""
@@ -197,61 +207,66 @@ class OneBotBase(Adapter):
         if not isinstance(data, dict):
             return quote
         sender = json_object(data.get("sender"))
-        sender_id = str(sender.get("user_id") or data.get("user_id") or "")
+        try:
+            sender_id = optional_qq(sender, "user_id") or optional_qq(data, "user_id")
+            group_id = optional_qq(data, "group_id")
+        except Malformed:
+            return quote
         origin = decode_message(data.get("message"))
-        return Quote(quote.message_id, sender_id, str(data.get("group_id") or ""), "", origin)
+        return Quote(quote.message_id, sender_id, group_id, "", origin)
 
     def _message_event(
-        self, event: dict[str, Any], chat_type: ChatType, group_id: str, message: Message
+        self, event: dict[str, Any], chat_type: ChatType, user_id: str, group_id: str, message: Message
     ) -> MessageEvent:
         sender = json_object(event.get("sender"))
-        to_me = chat_type is not ChatType.GROUP or any(
-            (isinstance(seg, At) and seg.target == self.self_id)
-            or (isinstance(seg, Quote) and seg.sender_id == self.self_id)
-            for seg in message
-        )
+        role = sender.get("role")
         return MessageEvent(
             adapter=self.instance,
             platform="qq",
             self_id=self.self_id,
             chat_type=chat_type,
-            user_id=str(event.get("user_id", "")),
+            user_id=user_id,
             group_id=group_id,
             message=message,
-            message_id=str(event.get("message_id", "")),
-            to_me=to_me,
-            sender_name=str(sender.get("card") or sender.get("nickname") or ""),
-            sender_role=ROLES.get(str(sender.get("role", "")), Role.MEMBER),
-            time=float(event.get("time") or 0),
+            message_id=number_id(event, "message_id"),
+            to_me=chat_type is not ChatType.GROUP or addressed_to(message, self.self_id),
+            sender_name=_text(sender.get("card"), sender.get("nickname")),
+            sender_role=ROLES.get(role, Role.MEMBER) if isinstance(role, str) else Role.MEMBER,
+            time=_time(event.get("time")),
             raw=event,
         )
 
     async def _on_notice(self, event: dict[str, Any]) -> None:
         if event.get("notice_type") == "notify" and event.get("sub_type") == "poke":
-            user_id, target = str(event.get("user_id", "")), str(event.get("target_id", ""))
+            user_id, target = qq_number(event, "user_id"), number_id(event, "target_id")
             if target == self.self_id and user_id != self.self_id:
                 await self.sink(
-                    NoticeEvent(self.instance, "poke", user_id, str(event.get("group_id") or ""), target, raw=event)
+                    NoticeEvent(self.instance, "poke", user_id, optional_qq(event, "group_id"), target, raw=event)
                 )
             return
-        self.log.debug("ignored notice {}", event.get("notice_type"))
+        self.log.debug("ignored notice {}", shown(event.get("notice_type"), 40))
 
     async def _on_request(self, event: dict[str, Any]) -> None:
         kind = event.get("request_type")
         if kind == "friend":
-            request_kind = "friend"
+            request_kind, group_id = "friend", ""
         elif kind == "group" and event.get("sub_type") == "invite":
-            request_kind = "group_invite"
+            request_kind, group_id = "group_invite", qq_number(event, "group_id")
         else:
-            self.log.debug("ignored request {} {}", kind, event.get("sub_type"))
+            self.log.debug("ignored request {} {}", shown(kind, 20), shown(event.get("sub_type"), 20))
             return
+        flag = event.get("flag")
+        # The only handle for answering it: implementations make it from digits and separators.
+        if not isinstance(flag, str) or not flag or not flag.isprintable():
+            raise Malformed("flag")
+        comment = event.get("comment")
         await self.sink(
             RequestEvent(
                 self.instance,
                 request_kind,
-                str(event.get("user_id", "")),
-                str(event.get("group_id") or ""),
-                str(event.get("comment") or ""),
+                qq_number(event, "user_id"),
+                group_id,
+                comment if isinstance(comment, str) else "",
                 raw=event,
             )
         )

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeAlias
 
 from adapters.fields import NUMBER as _NUMBER
 from adapters.fields import Malformed as _Malformed
-from adapters.fields import decode_typed
+from adapters.fields import decode_typed, file_uri
 from adapters.fields import integer as _int
 from adapters.fields import mapping as _mapping
 from adapters.fields import number_id as _number_id
@@ -378,14 +376,6 @@ def decode_forward_result(data: object) -> tuple[ForwardNode, ...]:
 # --- encoding ------------------------------------------------------------------------------------
 
 
-def _file_uri(path: str) -> str:
-    if path.startswith("file://"):
-        return path
-    # Left unquoted: LLOneBot escapes `%` itself before fileURLToPath, so percent-encoding would break
-    # non-ASCII names there, while NapCat decodes either form. "/tmp/a" → file:///tmp/a, C:\a → file:///C:/a.
-    return "file:///" + Path(os.path.abspath(path)).as_posix().lstrip("/")
-
-
 def _base64_uri(data: str) -> str:
     if data.startswith("base64://"):
         return data
@@ -399,7 +389,7 @@ def _file_value(url: str, path: str, base64: str, file_id: str) -> str:
     if url:
         return url
     if path:
-        return _file_uri(path)
+        return file_uri(path)
     if base64:
         return _base64_uri(base64)
     return file_id

@@ -1,52 +1,44 @@
-"""The official QQ bot API (QQ 开放平台): access token, gateway shards or webhook, group and C2C replies."""
+"""The official QQ bot API (QQ 开放平台): access token, REST, passive group and C2C replies."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
-from aiohttp import WSMsgType, web
 
-from adapters.base import Adapter, EventSink, json_object, parse_frame
-from adapters.link import keep_connected
-from adapters.listen import listen
+from adapters.base import Adapter, EventSink
+from adapters.frames import MAX_BODY, parse_frame
+from adapters.link import NETWORK_ERRORS, FatalLinkError, LinkError, describe
+from adapters.qqbot import codec
 from adapters.qqbot.resource import ResourceServer, Uploader, load_uploader, public_url
 from adapters.qqbot.settings import QQBotSettings
-from adapters.qqbot.signing import key_from_secret, validation_answer, verify
+from adapters.qqbot.transports import GatewayShard, Webhook
+from core.backoff import Backoff
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
-from core.event import ChatType, MessageEvent, Target
-from core.message import Image, Message, Text, describe
+from core.event import ChatType, Target
+from core.message import Image, Message
 
-GROUP_AND_C2C_EVENT = 1 << 25
 TOKEN_MARGIN = 60.0  # the platform only hands out a new token in the last 60 s of the old one
 SHARD_STAGGER = 5.0  # seed 002: shards must not all identify at once
+RECONNECT_DELAYS = (1.0, 30.0)  # first and longest wait between a shard's attempts (tests shorten them)
 REPLY_WINDOW = {ChatType.GROUP: 5 * 60.0, ChatType.PRIVATE: 60 * 60.0}
 MAX_REPLIES = 5  # passive replies per incoming message
-RESUME_CODES = {4008, 4009}
-REIDENTIFY_CODES = {4006, 4007, 9001, 9005, *range(4900, 4914)}
-FATAL_CODES = {4001, 4002, 4010, 4011, 4012, 4013, 4014, 4914, 4915}
+KNOWN_IDS = 4096
+TOKEN_INVALID = 11241
 ERRORS = {
     22009: "the reply limit for this message is used up (5 replies per message)",
     40054005: "a reply with this msg_seq was already sent",
     40054010: "the text contains a URL that is not registered in q.qq.com → 开发设置 → 消息URL配置",
     304082: "Tencent could not fetch the media URL",
     304083: "Tencent could not fetch the media URL",
-    11241: "the access token was refused",
+    TOKEN_INVALID: "the access token was refused",
 }
-# Links must be registered with the platform; anything that looks like one is made unlinkable.
-_URL = re.compile(r"(?:https?://)?(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\S*")
-
-
-def unlinkable(text: str) -> str:
-    """`text` with URLs and bare domains broken (scheme removed, dots made full-width)."""
-    return _URL.sub(lambda m: re.sub(r"^https?://", "", m.group(0)).replace(".", "。"), text)
 
 
 @dataclass(slots=True)
@@ -66,6 +58,8 @@ class QQBotAdapter(Adapter):
     max_text_length = 2000
     max_replies = MAX_REPLIES
     supports_forward = False
+    # Signed callbacks can be captured and replayed: the manager remembers event ids in the database.
+    durable_dedupe: ClassVar[bool] = True
 
     def __init__(self, instance: str, settings: QQBotSettings, sink: EventSink) -> None:
         super().__init__(instance, settings, sink)
@@ -77,11 +71,12 @@ class QQBotAdapter(Adapter):
         self._token_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._incoming: dict[tuple[str, str], _Incoming] = {}
-        self._runner: web.AppRunner | None = None
-        self._stopping = False
+        self._known: OrderedDict[str, None] = OrderedDict()  # msg ids already delivered to the sink
         self._up_shards: set[int] = set()
         self._uploader: Uploader | None = None
         self._resources: ResourceServer | None = None
+        self.shards: list[GatewayShard] = []
+        self.webhook: Webhook | None = None
         self.port: int | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -93,91 +88,39 @@ class QQBotAdapter(Adapter):
         if self.settings.resource.public_url:
             self._resources = ResourceServer(self.settings.resource)
             await self._resources.start()
+            self.listener_status("QQ picture server")
         if self.settings.mode == "webhook":
-            app = web.Application(client_max_size=4 * 1024 * 1024)
-            app.router.add_post(self.settings.webhook_path, self._webhook)
-            self._runner, self.port = await listen(app, self.settings.webhook_host, self.settings.webhook_port)
-            self.key = key_from_secret(self.secret)
+            self.webhook = Webhook(self)
+            await self.webhook.start()
+            self.port = self.webhook.port
             self.log.info("receiving QQ bot events on port {} at {}", self.port, self.settings.webhook_path)
             self._link_up()
-        else:
-            shards = (
-                [self.settings.shard_index] if self.settings.shard_index is not None else range(self.settings.shards)
-            )
-            self.tasks.spawn(self._start_shards(list(shards)), name=f"{self.instance}-shards")
+            return
+        index = self.settings.shard_index
+        for position, shard in enumerate([index] if index is not None else range(self.settings.shards)):
+            backoff = Backoff(min_delay=RECONNECT_DELAYS[0], max_delay=RECONNECT_DELAYS[1])
+            self.shards.append(GatewayShard(self, shard, backoff, first_delay=position * SHARD_STAGGER))
+            self.supervise(self.shards[-1].link)
 
     async def stop(self) -> None:
-        self._stopping = True
+        for shard in self.shards:
+            shard.link.stop()
         self._link_down()
         await super().stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self.webhook is not None:
+            await self.webhook.stop()
         if self._resources is not None:
             await self._resources.stop()
         if self._session is not None:
             await self._session.close()
 
-    # --- token and REST ---------------------------------------------------------------------------
+    def http(self) -> aiohttp.ClientSession:
+        """The adapter's HTTP client (for REST and the gateway); exists between start and stop."""
+        assert self._session is not None, "QQBotAdapter.start() not called"
+        return self._session
 
-    async def token(self) -> str:
-        """A valid access token, fetched again shortly before it expires. Raises AdapterError."""
-        async with self._token_lock:
-            if self._token and time.monotonic() < self._token_expires - TOKEN_MARGIN:
-                return self._token
-            assert self._session is not None
-            try:
-                async with self._session.post(
-                    self.settings.token_url,
-                    json={"appId": self.appid, "clientSecret": self.secret},
-                    timeout=aiohttp.ClientTimeout(total=15),
-                ) as response:
-                    body = await response.json(content_type=None)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                raise NotConnectedError(f"access token: {type(exc).__name__}") from None
-            token = body.get("access_token") if isinstance(body, dict) else None
-            if not token:
-                code = body.get("code") if isinstance(body, dict) else "?"
-                raise AdapterError(f"access token refused (code {code}): check [qqbot] appid and secret")
-            self._token = str(token)
-            self._token_expires = time.monotonic() + float(body.get("expires_in") or 7200)  # a string on the wire
-            return self._token
-
-    async def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One REST call; its JSON. Raises NotConnectedError or ActionFailedError with a clear reason."""
-        assert self._session is not None
-        headers = {"Authorization": f"QQBot {await self.token()}", "X-Union-Appid": self.appid}
-        try:
-            async with self._session.request(
-                method,
-                self.settings.base_url + path,
-                json=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=20),
-            ) as response:
-                data = await response.json(content_type=None)
-                status, trace = response.status, response.headers.get("X-Tps-trace-Id", "")
-        except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
-            raise NotConnectedError(f"QQ API unreachable: {type(exc).__name__}") from None
-        except ValueError:
-            raise ActionFailedError(path, "?", "the answer is not JSON") from None
-        if status >= 300 or (isinstance(data, dict) and data.get("code") and "id" not in data):
-            code = data.get("code", status) if isinstance(data, dict) else status
-            message = str(data.get("message", "")) if isinstance(data, dict) else ""
-            reason = ERRORS.get(code, message) if isinstance(code, int) else message
-            raise ActionFailedError(path, code, f"{reason} (trace {trace})" if trace else reason)
-        return data
-
-    # --- gateway ----------------------------------------------------------------------------------
-
-    async def _start_shards(self, shards: list[int]) -> None:
-        for position, shard in enumerate(shards):
-            if position:
-                await asyncio.sleep(SHARD_STAGGER)
-            link = _Shard(self, shard)
-            what = f"QQ gateway shard {shard}"
-            self.tasks.spawn(keep_connected(what, link.connect_once, link.finished, self.log), name=what)
-
-    def _shard_state(self, shard: int, up: bool) -> None:
+    def shard_state(self, shard: int, up: bool) -> None:
+        """A shard became ready or went down: replies can go out while any shard is up."""
         if up:
             self._up_shards.add(shard)
             self._link_up()
@@ -186,67 +129,98 @@ class QQBotAdapter(Adapter):
             if not self._up_shards:
                 self._link_down()
 
-    # --- webhook ----------------------------------------------------------------------------------
+    # --- token and REST ---------------------------------------------------------------------------
 
-    async def _webhook(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        signature = request.headers.get("X-Signature-Ed25519", "")
-        timestamp = request.headers.get("X-Signature-Timestamp", "")
+    def forget_token(self) -> None:
+        """The platform refused the token: the next call fetches a new one."""
+        self._token, self._token_expires = "", 0.0
+
+    async def token(self) -> str:
+        """A valid access token, fetched again shortly before it expires.
+
+        Raises FatalLinkError naming `[qqbot] appid`/`secret` when the platform refuses them, and
+        LinkError when the token endpoint cannot be reached or answers something else.
+        """
+        async with self._token_lock:
+            if self._token and time.monotonic() < self._token_expires - TOKEN_MARGIN:
+                return self._token
+            try:
+                async with self.http().post(
+                    self.settings.token_url,
+                    json={"appId": self.appid, "clientSecret": self.secret},
+                    timeout=aiohttp.ClientTimeout(total=15),
+                ) as response:
+                    status = response.status
+                    raw = await response.read()
+            except NETWORK_ERRORS as exc:
+                raise LinkError(f"access token: {describe(exc)}") from None
+            body = parse_frame(self.log, raw, MAX_BODY) or {}
+            token = body.get("access_token")
+            if isinstance(token, str) and token:
+                self._token = token
+                self._token_expires = time.monotonic() + _seconds(body.get("expires_in"))
+                return token
+            code = body.get("code")
+            if code is not None and status < 500 and status != 429:
+                raise FatalLinkError(
+                    f"QQ access token refused (code {code}{self._said(body)}): check [qqbot] appid and secret"
+                )
+            raise LinkError(f"access token: HTTP {status}" + (f", code {code}" if code is not None else ""))
+
+    def _said(self, body: dict[str, Any]) -> str:
+        """The platform's message for a log line: printable, short, and never the secret."""
+        message = "".join(ch for ch in codec.text(body.get("message")) if ch.isprintable())[:100]
+        if self.secret:
+            message = message.replace(self.secret, "***")
+        return f": {message}" if message else ""
+
+    async def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One REST call; its JSON. Raises NotConnectedError or ActionFailedError with a clear reason."""
         try:
-            payload = json.loads(body)
-        except ValueError:
-            return web.Response(status=400)
-        if not isinstance(payload, dict):
-            return web.Response(status=400)
-        if payload.get("op") == 13:
-            data = json_object(payload.get("d"))
-            answer = validation_answer(self.key, str(data.get("plain_token", "")), str(data.get("event_ts", "")))
-            return web.json_response(answer)
-        if not verify(self.key, signature, timestamp, body):
-            self.log.warning("refused a QQ webhook call from {}: bad signature", request.remote)
-            return web.Response(status=401)
-        if payload.get("op") == 0:
-            self.tasks.spawn(self.dispatch(payload), name=f"{self.instance}-event")
-        return web.json_response({"op": 12})
+            token = await self.token()
+        except LinkError as exc:
+            raise NotConnectedError(str(exc)) from None
+        headers = {"Authorization": f"QQBot {token}", "X-Union-Appid": self.appid}
+        try:
+            async with self.http().request(
+                method,
+                self.settings.base_url + path,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=20),
+            ) as response:
+                raw = await response.read()
+                status, trace = response.status, response.headers.get("X-Tps-trace-Id", "")
+        except NETWORK_ERRORS as exc:
+            raise NotConnectedError(f"QQ API unreachable: {describe(exc)}") from None
+        data = parse_frame(self.log, raw, self.max_frame)
+        if data is None:
+            raise ActionFailedError(path, status, "the answer is not a JSON object")
+        code = data.get("code")
+        if status >= 300 or (code and "id" not in data):
+            code = code if isinstance(code, int | str) and not isinstance(code, bool) else status
+            if code == TOKEN_INVALID:
+                self.forget_token()
+            message = codec.text(data.get("message"))
+            reason = ERRORS.get(code, message) if isinstance(code, int) else message
+            raise ActionFailedError(path, code, f"{reason} (trace {trace})" if trace else reason)
+        return data
 
     # --- events -----------------------------------------------------------------------------------
 
     async def dispatch(self, payload: dict[str, Any]) -> None:
-        """One op 0 event (from a shard or the webhook)."""
-        kind, data = payload.get("t"), json_object(payload.get("d"))
-        if kind not in ("GROUP_AT_MESSAGE_CREATE", "C2C_MESSAGE_CREATE"):
-            self.log.debug("ignored QQ event {}", kind)
+        """One op 0 event (from a shard or the webhook); unknown kinds are ignored."""
+        event = codec.decode_message(payload, self.instance, self.appid)
+        if event is None:
+            self.log.debug("ignored QQ event {}", str(payload.get("t"))[:40])
             return
-        author = json_object(data.get("author"))
-        group = kind == "GROUP_AT_MESSAGE_CREATE"
-        user = str(author.get("member_openid" if group else "user_openid") or author.get("id") or "")
-        msg_id = str(data.get("id") or "")
-        if not user or not msg_id:
-            self.log.warning("dropped a {} without author or id", kind)
-            return
-        group_id = str(data.get("group_openid") or "") if group else ""
-        # The @bot mention is removed by the platform, leaving a leading space.
-        segments: list[Any] = [Text(str(data.get("content") or "").strip())]
-        for attachment in data.get("attachments") or []:
-            if isinstance(attachment, dict) and str(attachment.get("content_type", "")).startswith("image"):
-                url = str(attachment.get("url") or "")
-                segments.append(Image(url=url if url.startswith("http") else f"https://{url}"))
-        chat = ChatType.GROUP if group else ChatType.PRIVATE
-        self._incoming[(group_id or "", user)] = _Incoming(msg_id, time.monotonic())
-        await self.sink(
-            MessageEvent(
-                adapter=self.instance,
-                platform="qqbot",
-                self_id=self.appid,
-                chat_type=chat,
-                user_id=user,
-                group_id=group_id,
-                message=tuple(seg for seg in segments if not isinstance(seg, Text) or seg.text),
-                message_id=msg_id,
-                to_me=True,
-                raw=data,
-            )
-        )
+        # A redelivered message must not make later replies answer it instead of the newest one.
+        if event.message_id not in self._known:
+            self._known[event.message_id] = None
+            if len(self._known) > KNOWN_IDS:
+                self._known.popitem(last=False)
+            self._incoming[(event.group_id, event.user_id)] = _Incoming(event.message_id, time.monotonic())
+        await self.sink(event)
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -275,20 +249,18 @@ class QQBotAdapter(Adapter):
             )
             return None
         incoming.replies += 1
-        path = f"/v2/groups/{target.group_id}/messages" if group else f"/v2/users/{target.user_id}/messages"
-        body: dict[str, Any] = {"msg_id": incoming.msg_id, "msg_seq": incoming.replies}
+        kind, target_id = ("groups", target.group_id) if group else ("users", target.user_id)
         image = next((seg for seg in message if isinstance(seg, Image)), None)
         url = await self._picture_url(image) if image is not None else ""
         if url:
-            kind = "groups" if group else "users"
-            target_id = target.group_id if group else target.user_id
             media = {"file_type": 1, "url": url, "srv_send_msg": False}
             upload = await self.api("POST", f"/v2/{kind}/{target_id}/files", media)
-            body |= {"msg_type": 7, "content": " ", "media": {"file_info": json_object(upload).get("file_info", "")}}
+            file_info = codec.text(codec.obj(upload).get("file_info"))
+            body = codec.media_reply(file_info, incoming.msg_id, incoming.replies)
         else:
-            body |= {"msg_type": 0, "content": unlinkable(describe(message))}
-        data = await self.api("POST", path, body)
-        return str(json_object(data).get("id") or "") or None
+            body = codec.text_reply(message, incoming.msg_id, incoming.replies)
+        data = await self.api("POST", f"/v2/{kind}/{target_id}/messages", body)
+        return codec.text(codec.obj(data).get("id")) or None
 
     async def _picture_url(self, image: Image) -> str:
         """A URL Tencent can fetch the picture from ("" when there is none: the text is sent instead)."""
@@ -305,108 +277,10 @@ class QQBotAdapter(Adapter):
             return ""
 
 
-class _Shard:
-    """One gateway connection: Hello, Identify or Resume, heartbeats with an ACK watchdog, dispatches."""
-
-    def __init__(self, adapter: QQBotAdapter, index: int) -> None:
-        self.adapter = adapter
-        self.index = index
-        self.session_id = ""
-        self.seq: int | None = None
-        self.fatal = False
-
-    def finished(self) -> bool:
-        return self.fatal or self.adapter._stopping
-
-    async def connect_once(self) -> tuple[bool, str]:
-        adapter = self.adapter
-        gateway = json_object(await adapter.api("GET", "/gateway/bot"))
-        url = str(gateway.get("url") or "")
-        assert adapter._session is not None
-        async with adapter._session.ws_connect(url, max_msg_size=4 * 1024 * 1024) as ws:
-            ready = False
-            try:
-                hello = await ws.receive_json(timeout=15)
-                interval = float(json_object(json_object(hello).get("d")).get("heartbeat_interval") or 45000) / 1000
-                token = f"QQBot {await adapter.token()}"
-                if self.session_id and self.seq is not None:
-                    await ws.send_json({"op": 6, "d": {"token": token, "session_id": self.session_id, "seq": self.seq}})
-                else:
-                    identify = {
-                        "token": token,
-                        "intents": GROUP_AND_C2C_EVENT,
-                        "shard": [self.index, adapter.settings.shards],
-                        "properties": {},
-                    }
-                    await ws.send_json({"op": 2, "d": identify})
-                acked = asyncio.Event()
-                acked.set()
-                beat = adapter.tasks.spawn(self._heartbeat(ws, interval, acked), name=f"{adapter.instance}-heartbeat")
-                try:
-                    while True:
-                        msg = await ws.receive()
-                        if msg.type is not WSMsgType.TEXT:
-                            break
-                        payload = parse_frame(adapter.log, msg.data)
-                        if payload is None:
-                            continue
-                        ready = await self._on_payload(ws, payload, acked) or ready
-                finally:
-                    beat.cancel()
-            finally:
-                adapter._shard_state(self.index, False)
-        return ready, self._after_close(ws.close_code)
-
-    async def _on_payload(
-        self, ws: aiohttp.ClientWebSocketResponse, payload: dict[str, Any], acked: asyncio.Event
-    ) -> bool:
-        adapter = self.adapter
-        op = payload.get("op")
-        if isinstance(payload.get("s"), int):
-            self.seq = payload["s"]
-        if op == 11:
-            acked.set()
-        elif op == 7:
-            await ws.close()  # the platform asks for a reconnect: resume
-        elif op == 9:
-            self.session_id, self.seq = "", None  # invalid session: identify again
-            await ws.close()
-        elif op == 0:
-            kind = payload.get("t")
-            if kind in ("READY", "RESUMED"):
-                data = json_object(payload.get("d"))
-                self.session_id = str(data.get("session_id") or self.session_id)
-                adapter.log.info("QQ gateway shard {} {}", self.index, "ready" if kind == "READY" else "resumed")
-                adapter._shard_state(self.index, True)
-                return True
-            await adapter.dispatch(payload)
-        return False
-
-    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval: float, acked: asyncio.Event) -> None:
-        while not ws.closed:
-            await asyncio.sleep(interval)
-            if not acked.is_set():
-                self.adapter.log.warning("QQ gateway shard {}: no heartbeat ACK; reconnecting", self.index)
-                await ws.close()
-                return
-            acked.clear()
-            await ws.send_json({"op": 1, "d": self.seq})
-
-    def _after_close(self, code: int | None) -> str:
-        """Sort the close code: resume, identify again, or stop for good."""
-        if code in FATAL_CODES:
-            self.fatal = True
-            self.adapter.log.error(
-                "QQ gateway shard {} closed with {}: the platform will not accept this bot (check intents, "
-                "the sandbox setting and the bot's status on q.qq.com); not reconnecting",
-                self.index,
-                code,
-            )
-            return f"closed ({code}), fatal"
-        if code == 4004:
-            self.adapter._token = ""  # the token was refused: fetch a fresh one
-            return "closed (4004): token refused, fetching a new one"
-        if code in REIDENTIFY_CODES:
-            self.session_id, self.seq = "", None
-            return f"closed ({code}), identifying again"
-        return f"closed ({code}), resuming" if self.session_id else f"closed ({code})"
+def _seconds(expires_in: object) -> float:
+    """The token's lifetime: `expires_in` arrives as a string ("7200"); 7200 s when unreadable."""
+    try:
+        seconds = float(expires_in)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 7200.0
+    return seconds if 0 < seconds <= 7 * 86400 else 7200.0

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from loguru import logger
 
-from adapters.listen import listen
+from adapters.listen import listen, listener_app
 from adapters.qqbot.settings import QQBotResourceSettings
 from core.errors import AdapterError, ConfigError
 
@@ -40,7 +40,7 @@ class ResourceServer:
         self.port: int | None = None
 
     async def start(self) -> None:
-        app = web.Application()
+        app = listener_app(max_body=1024)  # Tencent only GETs: no request needs a body
         app.router.add_get(self.settings.resource_path.rstrip("/") + "/{name}", self._serve)
         self._runner, self.port = await listen(app, self.settings.host, self.settings.port)
         logger.bind(adapter="qqbot").info("serving pictures for Tencent at {}", self.settings.public_url)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeAlias
 
+from adapters.fields import file_uri as _file_uri
 from core.message import (
     At,
     AtAll,
@@ -611,14 +610,6 @@ def _enc_text(text: str) -> str:
     if "\n" in text[len(stripped) :]:
         tail, text = text[len(stripped) :], stripped
     return _line_breaks(head) + _escape(text) + _line_breaks(tail)
-
-
-def _file_uri(path: str) -> str:
-    if path.startswith("file://"):
-        return path
-    # Left unquoted: LLOneBot escapes `%` itself before fileURLToPath, so percent-encoding would break
-    # non-ASCII names there. "/tmp/a" → file:///tmp/a, C:\a → file:///C:/a.
-    return "file:///" + Path(os.path.abspath(path)).as_posix().lstrip("/")
 
 
 def _data_uri(data: str, table: tuple[tuple[str, str], ...], default: str) -> str:

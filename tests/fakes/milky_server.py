@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 Response = dict[str, Any]
 
@@ -71,10 +71,12 @@ class FakeMilky:
         self.sse_ping_interval = 1.0
         self.sse_pretty = False  # True: multi-line `data:` like the spec's SSE sample, to test the bot's parser
         self.refused = 0
-        self.connections = 0
+        self.connections = 0  # event connections accepted so far (a reconnect makes it grow)
+        # HTTP statuses to answer the next /event requests with (an HTML page instead of events), one each.
+        self.event_failures: list[int] = []
         self.port = 0
         self._sockets: list[web.WebSocketResponse] = []
-        self._sse: list[asyncio.Queue[str | None]] = []
+        self._sse: list[asyncio.Queue[str | bytes | None]] = []
         self._seqs = itertools.count(1000)
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -301,7 +303,21 @@ class FakeMilky:
         if self.webhook_url is not None:
             await self._post_webhook(self.webhook_url, text)
 
-    async def _post_webhook(self, url: str, body: str) -> None:
+    async def push_raw(self, frame: str | bytes, *, binary: bool = False) -> None:
+        """Send `frame` exactly as given (even invalid UTF-8 in a text frame) on every WS / SSE connection, then
+        POST it to `webhook_url` when set."""
+        data = frame.encode("utf-8", errors="surrogatepass") if isinstance(frame, str) else frame
+        for ws in list(self._sockets):
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_frame(data, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+        lines = b"".join(b"data: " + line + b"\n" for line in data.split(b"\n"))
+        for queue in self._sse:
+            queue.put_nowait(b"event: milky_event\n" + lines + b"\n")
+        if self.webhook_url is not None:
+            await self._post_webhook(self.webhook_url, data)
+
+    async def _post_webhook(self, url: str, body: str | bytes) -> None:
         headers = {"Content-Type": "application/json"}
         if self.access_token:
             # Since 1.1 the implementation signs webhook posts with its own token, and the app checks it.
@@ -309,7 +325,10 @@ class FakeMilky:
         status = 0  # 0 = no HTTP answer at all (refused, reset or timed out)
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with self._client().post(
-                url, data=body.encode(), headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+                url,
+                data=body.encode() if isinstance(body, str) else body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=10),
             ) as response:
                 await response.read()
                 status = response.status
@@ -375,6 +394,8 @@ class FakeMilky:
     async def _event_endpoint(self, request: web.Request) -> web.StreamResponse:
         if not self._token_ok(request, allow_query=True):
             return self._refuse()
+        if self.event_failures:
+            return web.Response(status=self.event_failures.pop(0), text="<html>busy</html>", content_type="text/html")
         # The spec: an `Upgrade: websocket` header means WebSocket, anything else gets SSE.
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
@@ -398,7 +419,7 @@ class FakeMilky:
     async def _sse_stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._sse.append(queue)
         self.connections += 1
         await self._notify()
@@ -412,6 +433,9 @@ class FakeMilky:
                     continue
                 if item is None:
                     break
+                if isinstance(item, bytes):
+                    await response.write(item)  # a raw event, already framed by push_raw
+                    continue
                 lines = "".join(f"data: {line}\n" for line in item.split("\n"))
                 await response.write(f"event: milky_event\n{lines}\n".encode())
             await response.write_eof()

@@ -29,6 +29,7 @@ class FakeMirai:
         self.command_code = 0
         self.nickname = "小助手"
         self.swallow_next = 0
+        self.connections = 0  # sockets opened to the bot so far (a second one means a reconnect)
         self._message_ids = itertools.count(1000)
         self._changed = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
@@ -36,8 +37,9 @@ class FakeMirai:
         self._reader: asyncio.Task[None] | None = None
 
     async def connect(self, wait_verified: bool = True, timeout: float = 5.0) -> None:
-        """Dial the bot (retrying while it is not listening yet) and handle its frames."""
-        self._session = aiohttp.ClientSession()
+        """Dial the bot (retrying while it is not listening yet) and handle its frames; again to reconnect."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
@@ -47,6 +49,7 @@ class FakeMirai:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.05)
+        self.connections += 1
         self.verified.clear()
         self._reader = asyncio.create_task(self._read(self._ws))
         if wait_verified:
@@ -57,6 +60,8 @@ class FakeMirai:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             frame = json.loads(msg.data)
+            if not isinstance(frame, dict):
+                continue
             if frame.get("command") == "verify":
                 await self._on_verify(ws, frame)
                 continue
@@ -90,10 +95,22 @@ class FakeMirai:
         """Deliver one event as mirai-api-http does (syncId -1)."""
         await self.send_raw(json.dumps({"syncId": "-1", "data": event}, ensure_ascii=False))
 
-    async def send_raw(self, text: str) -> None:
-        """Send any text frame, well-formed or not."""
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send any text frame, well-formed or not; bytes go out unchanged as a TEXT frame (even invalid UTF-8)."""
         assert self._ws is not None
-        await self._ws.send_str(text)
+        if isinstance(data, bytes):
+            await self._ws.send_frame(data, aiohttp.WSMsgType.TEXT)
+        else:
+            await self._ws.send_str(data)
+
+    @property
+    def socket(self) -> aiohttp.ClientWebSocketResponse | None:
+        """The current connection to the bot (tests compare it to see that no reconnect happened)."""
+        return self._ws
+
+    @property
+    def closed(self) -> bool:
+        return self._ws is None or self._ws.closed
 
     async def wait_commands(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least `count` commands have arrived; returns all of them."""
@@ -112,8 +129,8 @@ class FakeMirai:
 
 
 def sent_text(command: dict[str, Any]) -> str:
-    """The Plain text of a send command's messageChain."""
-    chain = command["content"]["messageChain"]
+    """The Plain text of a send command's messageChain ("" for other commands)."""
+    chain = command.get("content", {}).get("messageChain", [])
     return "".join(element.get("text", "") for element in chain if element.get("type") == "Plain")
 
 

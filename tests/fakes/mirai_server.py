@@ -54,6 +54,9 @@ class FakeMiraiServer:
         self.connections = 0
         self.refused = 0
         self.sessions: dict[str, int | None] = {}
+        self.garbage_upgrade = False  # answer the WebSocket upgrade with a plain 200 and garbage
+        self.garbage_handshake = False  # accept the upgrade, then send garbage instead of the session frame
+        self._transports: dict[web.WebSocketResponse, asyncio.Transport] = {}
         self._sockets: dict[tuple[str, str], web.WebSocketResponse] = {}  # (path, session key) -> socket
         self._message_ids = itertools.count(1000)
         self._changed = asyncio.Condition()
@@ -112,6 +115,26 @@ class FakeMiraiServer:
             with contextlib.suppress(ConnectionError):
                 await self._send(ws, {"syncId": "-1", "data": event})
 
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send any frame to every open socket, well-formed or not; bytes go out unchanged as a TEXT frame."""
+        for ws in list(self._sockets.values()):
+            if ws.closed:
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                if isinstance(data, bytes):
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                else:
+                    await ws.send_str(data)
+
+    async def drop(self) -> None:
+        """Cut every socket without a close frame, like a crashed mirai; the listener stays up."""
+        sockets = list(self._transports.items())
+        for _, transport in sockets:
+            transport.abort()
+        async with self._changed:
+            gone = self._changed.wait_for(lambda: all(ws not in self._transports for ws, _ in sockets))
+            await asyncio.wait_for(gone, 5)
+
     async def wait_connected(self, timeout: float = 5.0) -> None:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: self.connected), timeout)
@@ -141,9 +164,18 @@ class FakeMiraiServer:
             return 3, ""
         return (4, "") if self.sessions[session_key] is None else (0, session_key)
 
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if self.garbage_upgrade:
+            self.refused += 1
+            return web.Response(status=200, body=bytes(range(256)))
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
+        if self.garbage_handshake:
+            self.refused += 1
+            await ws.send_frame(b"\xff\xfe{not a handshake", WSMsgType.TEXT)
+            async for _ in ws:  # keep the socket open until the bot gives up on it
+                pass
+            return ws
 
         def param(name: str) -> str | None:
             return request.headers.get(name, request.query.get(name))
@@ -164,12 +196,15 @@ class FakeMiraiServer:
         async with self._changed:
             self.connections += 1
             self._changed.notify_all()
+        if request.transport is not None:
+            self._transports[ws] = request.transport  # type: ignore[assignment]
         try:
             async for msg in ws:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):  # mirai parses binary frames as text too
                     text = msg.data if isinstance(msg.data, str) else msg.data.decode(errors="replace")
                     await self._on_frame(ws, text)
         finally:
+            self._transports.pop(ws, None)
             if self._sockets.get(channel) is ws:
                 del self._sockets[channel]
             if owned:

@@ -152,10 +152,12 @@ class FakeOneBot:
         self.quick_operations: list[dict[str, Any]] = []
         self.connections = 0
         self.refused = 0
+        # When set, the forward WS upgrade, the SSE stream and the HTTP API answer this status with garbage.
+        self.garbage_status: int | None = None
         self.forward_port = 0
         self.http_port = 0
         self._sockets: list[_Socket] = []
-        self._sse: list[asyncio.Queue[str | None]] = []
+        self._sse: list[asyncio.Queue[bytes | None]] = []
         self._redials: set[asyncio.Task[None]] = set()
         self._message_ids = itertools.count(1000)
         self._changed = asyncio.Condition()
@@ -421,9 +423,34 @@ class FakeOneBot:
             if sock.events:
                 await self._send_text(sock, text)
         for queue in self._sse:
-            queue.put_nowait(text)
+            queue.put_nowait(_sse_event(text.encode()))
         if self.post_url is not None:
             await self.post_event(self.post_url, event, self.post_secret)
+
+    async def push_raw(self, data: str | bytes) -> list[int]:
+        """Deliver any frame, well-formed or not, on every event channel: bytes go out unchanged (a WS TEXT
+        frame, SSE data lines, a signed POST body). Returns the statuses the bot answered POSTs with."""
+        raw = data.encode() if isinstance(data, str) else data
+        for sock in list(self._sockets):
+            if sock.events and not sock.ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await sock.ws.send_frame(raw, WSMsgType.TEXT)
+        for queue in self._sse:
+            queue.put_nowait(_sse_event(raw))
+        statuses: list[int] = []
+        if self.post_url is not None:
+            statuses.append(await self.post_raw(self.post_url, raw, self.post_secret))
+        return statuses
+
+    async def post_raw(self, url: str, body: bytes, secret: str = "", headers: dict[str, str] | None = None) -> int:
+        """POST any body (signed when `secret` is set); the HTTP status the bot answered."""
+        sent = {"Content-Type": "application/json", "X-Self-ID": str(self.self_id), **(headers or {})}
+        if secret:
+            sent["X-Signature"] = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+        timeout = aiohttp.ClientTimeout(total=self.post_timeout)
+        async with self._client().post(url, data=body, headers=sent, timeout=timeout) as response:
+            await response.read()
+        return response.status
 
     @staticmethod
     async def _send_text(sock: _Socket, text: str) -> None:
@@ -567,6 +594,9 @@ class FakeOneBot:
         return None if hmac.compare_digest(given, self.access_token) else 403
 
     def _refuse(self, request: web.Request) -> web.Response | None:
+        if self.garbage_status is not None:
+            self.refused += 1
+            return web.Response(status=self.garbage_status, body=bytes(range(256)))
         status = self._auth_status(request)
         if status is None:
             return None
@@ -664,7 +694,7 @@ class FakeOneBot:
             return refusal
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._sse.append(queue)
         self.connections += 1
         await self._notify()
@@ -677,7 +707,7 @@ class FakeOneBot:
                     continue
                 if item is None:
                     break
-                await response.write(f"data: {item}\n\n".encode())
+                await response.write(item)
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass
@@ -736,6 +766,43 @@ class FakeOneBot:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+WS_UPGRADE = [
+    (b"Upgrade", b"websocket"),
+    (b"Connection", b"Upgrade"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+]
+
+
+async def raw_request(
+    port: int, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"", timeout: float = 10.0
+) -> int:
+    """Send one HTTP/1.1 request whose header bytes are exactly `headers` (aiohttp's client would refuse
+    or re-encode bytes such as 0xFF); the status the server answered. Used for hostile-header tests."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+        lines += [name + b": " + value for name, value in headers]
+        if not any(name.lower() == b"connection" for name, _ in headers):
+            lines.append(b"Connection: close")
+        if body or method == "POST":
+            lines.append(b"Content-Length: %d" % len(body))
+        with contextlib.suppress(ConnectionError):  # a server refusing a large body may close before reading it
+            writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def _sse_event(data: bytes) -> bytes:
+    """One server-sent event carrying `data` (each of its lines a `data:` line)."""
+    return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
 
 
 def _dumps(payload: Any) -> str:

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from yarl import URL
 
 Json = dict[str, Any]
 
@@ -122,6 +123,10 @@ class FakeQQ:
 
     Gateway `/websocket/`: Hello, then Identify (→ READY) or Resume (→ replay + RESUMED); each shard has its own
     session, seq counter and event log. Pushed events are logged and sent when the shard is connected.
+
+    Faults: `token_answers` / `gateway_answers` are raw (status, body) answers given before the normal ones;
+    `send_raw` puts any frame on a shard's socket; `drop` cuts it; `close_socket` closes it with a code;
+    `post_raw` sends a webhook request with arbitrary header bytes.
     """
 
     def __init__(self, appid: str, secret: str, shards: int = 1, token_ttl: int = 7200) -> None:
@@ -145,6 +150,9 @@ class FakeQQ:
         self.resumes: list[Json] = []
         self.handshakes: list[Json] = []
         self.heartbeats = 0
+        self.connections = 0  # gateway sockets ever accepted: a reconnect shows up here
+        self.token_answers: list[tuple[int, bytes]] = []  # raw answers the token endpoint gives first
+        self.gateway_answers: list[tuple[int, bytes]] = []  # raw answers /gateway(/bot) gives first
         self.heartbeat_seqs: list[Any] = []
         self.webhook_replies: list[tuple[int, str]] = []
         self.incoming: dict[str, _Incoming] = {}
@@ -255,6 +263,9 @@ class FakeQQ:
         self._tokens.clear()
 
     async def _token(self, request: web.Request) -> web.Response:
+        if self.token_answers:
+            status, raw = self.token_answers.pop(0)
+            return web.Response(status=status, body=raw, content_type="application/json")
         try:
             body = await request.json()
         except ValueError:
@@ -295,6 +306,9 @@ class FakeQQ:
         refusal = self._authorize(request)
         if refusal is not None:
             return refusal
+        if self.gateway_answers:
+            status, raw = self.gateway_answers.pop(0)
+            return web.Response(status=status, body=raw, content_type="application/json")
         answer: Json = {"url": f"ws://127.0.0.1:{self.port}/websocket/"}
         if request.path == "/gateway/bot":
             answer["shards"] = self.shards
@@ -571,12 +585,32 @@ class FakeQQ:
                 link.session.valid = False
             await self._send(link, payload)
 
+    async def send_raw(self, data: str | bytes, shard: int = 0, binary: bool = False) -> None:
+        """Send one frame as it is on `shard`'s socket (bytes go out as a TEXT frame unless `binary`:
+        a TEXT frame whose bytes are not UTF-8 is what a broken peer sends)."""
+        for link in self._links_of(shard):
+            if link.ws.closed:
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                if isinstance(data, str):
+                    await link.ws.send_str(data)
+                elif binary:
+                    await link.ws.send_bytes(data)
+                else:
+                    await link.ws.send_frame(data, WSMsgType.TEXT)
+
+    def current_seq(self, shard: int = 0) -> int:
+        """The last `s` sent on `shard`'s session (0 before READY)."""
+        session = self._current.get(shard)
+        return session.seq if session is not None else 0
+
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
         transport = request.transport
         link = _Link(ws, transport if isinstance(transport, asyncio.Transport) else None)
         self._links.append(link)
+        self.connections += 1
         try:
             await self._send(link, {"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
             async for msg in ws:
@@ -683,12 +717,23 @@ class FakeQQ:
 
     # ---- WebHook ----------------------------------------------------------------------------------------------
 
+    def sign(self, timestamp: str, body: bytes) -> str:
+        """The X-Signature-Ed25519 the platform puts on a callback: hex(sign(timestamp + body))."""
+        return ed25519_key(self.secret).sign(timestamp.encode() + body).hex()
+
     async def send_webhook(
-        self, url: str, payload: Json, sign: bool = True, bad_signature: bool = False
+        self,
+        url: str,
+        payload: Json | bytes,
+        sign: bool = True,
+        bad_signature: bool = False,
+        timestamp: str | None = None,
     ) -> tuple[int, str]:
-        """POST one callback as the platform does, signed over timestamp + raw body; returns (status, body)."""
-        body = _dumps(payload).encode()
-        timestamp = str(int(time.time()))
+        """POST one callback as the platform does, signed over timestamp + raw body; returns (status, body).
+
+        `payload` may be raw bytes (sent and signed as they are); `timestamp` overrides the current time."""
+        body = payload if isinstance(payload, bytes) else _dumps(payload).encode()
+        timestamp = str(int(time.time())) if timestamp is None else timestamp
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "QQBot-Callback",
@@ -703,6 +748,37 @@ class FakeQQ:
             text = await response.text()
         self.webhook_replies.append((response.status, text))
         return response.status, text
+
+    @staticmethod
+    async def post_raw(url: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+        """POST with headers written byte for byte (any byte, which HTTP clients refuse to send);
+        returns (status, body). `Content-Length` is added unless it or `Transfer-Encoding` is given."""
+        parsed = URL(url)
+        reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+        try:
+            lines = [f"POST {parsed.raw_path_qs} HTTP/1.1".encode(), f"Host: {parsed.host}".encode()]
+            lines += [name + b": " + value for name, value in headers]
+            if not any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers):
+                lines.append(b"Content-Length: " + str(len(body)).encode())
+            lines.append(b"Connection: close")
+            writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            with contextlib.suppress(ConnectionError):  # a server may answer and close before reading it all
+                await writer.drain()
+            # The answer may come before the body was read, on a connection the server keeps open for
+            # the rest of it: read the head, then the body by its length.
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            answer = await asyncio.wait_for(reader.readexactly(length), 10)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+        return status, answer
 
     async def validate_webhook(self, url: str) -> Json:
         """Send the op-13 URL validation; returns `{"ok", "status", "answer"}`, ok when the answer echoes the

@@ -74,6 +74,12 @@ class FakeSatori:
         self.identify_timeout = 10.0
         self.buffer_limit = 1000
         self.refused = 0
+        self.accepted = 0  # event sockets accepted so far (a reconnect makes it grow)
+        # What READY's body is instead of the real one (any JSON value), to try the client on a broken READY.
+        self.ready_body: Any = None
+        # HTTP statuses to answer the next /v1/events requests with instead of upgrading, one each.
+        self.upgrade_failures: list[int] = []
+        self.refuse_upgrade: int | None = None  # answer every /v1/events request with this status
         self.port = 0
         self._sn = 0
         self._buffer: list[Json] = []
@@ -213,6 +219,15 @@ class FakeSatori:
                     await self._send(conn, text)
         return self._sn
 
+    async def push_raw(self, frame: str | bytes, *, binary: bool = False) -> None:
+        """Send `frame` exactly as given (even invalid UTF-8 in a text frame, no sn) to every identified socket."""
+        data = frame.encode("utf-8", errors="surrogatepass") if isinstance(frame, str) else frame
+        async with self._send_lock:
+            for conn in list(self._conns):
+                if conn.identified and not conn.ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await conn.ws.send_frame(data, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+
     @staticmethod
     async def _send(conn: _Conn, text: str) -> None:
         if not conn.ws.closed:
@@ -222,9 +237,14 @@ class FakeSatori:
     # ---- WebSocket --------------------------------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_upgrade is not None or self.upgrade_failures:
+            status = self.refuse_upgrade if self.refuse_upgrade is not None else self.upgrade_failures.pop(0)
+            self.refused += 1
+            return web.Response(status=status, text="<html>nope</html>", content_type="text/html")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         conn = _Conn(ws, request)
+        self.accepted += 1
         self._conns.append(conn)
         await self._notify()
         deadline = asyncio.get_running_loop().time() + self.identify_timeout
@@ -276,7 +296,8 @@ class FakeSatori:
         if isinstance(resume, str) and resume.isdigit():
             resume = int(resume)
         async with self._send_lock:
-            await self._send(conn, _dumps({"op": OP_READY, "body": {"logins": [self.login()], "proxy_urls": []}}))
+            ready = {"logins": [self.login()], "proxy_urls": []} if self.ready_body is None else self.ready_body
+            await self._send(conn, _dumps({"op": OP_READY, "body": ready}))
             if isinstance(resume, int) and not isinstance(resume, bool):
                 for event in self._buffer:
                     if event["sn"] > resume and not str(event.get("type", "")).startswith("login-"):

@@ -1,0 +1,137 @@
+"""Official QQ bot wire <-> core: gateway payload fields, message events, webhook validation, reply bodies."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from core.event import ChatType, MessageEvent
+from core.message import Image, Message, Segment, Text, describe
+
+GROUP_MESSAGE = "GROUP_AT_MESSAGE_CREATE"
+PRIVATE_MESSAGE = "C2C_MESSAGE_CREATE"
+MESSAGE_EVENTS = (GROUP_MESSAGE, PRIVATE_MESSAGE)
+MAX_SEQ = 2**63 - 1  # `s` is a 64-bit counter on the platform; anything else is not a sequence number
+DEFAULT_HEARTBEAT = 45.0
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.1, 60.0
+
+# Links must be registered with the platform; anything that looks like one is made unlinkable.
+_URL = re.compile(r"(?:https?://)?(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\S*")
+
+
+def text(value: object) -> str:
+    """`value` when it is a string, else "" (wire fields may be missing or of any type)."""
+    return value if isinstance(value, str) else ""
+
+
+def integer(value: object) -> int | None:
+    """`value` when it is a whole number (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def obj(value: object) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def sequence(payload: dict[str, Any]) -> int | None:
+    """The payload's `s` when it is a usable sequence number."""
+    s = integer(payload.get("s"))
+    return s if s is not None and 0 <= s <= MAX_SEQ else None
+
+
+def heartbeat_seconds(hello: dict[str, Any]) -> float:
+    """The Hello's heartbeat interval in seconds, kept within sane bounds (45 s when missing)."""
+    ms = obj(hello.get("d")).get("heartbeat_interval")
+    if isinstance(ms, bool) or not isinstance(ms, int | float) or not math.isfinite(ms):
+        return DEFAULT_HEARTBEAT
+    return min(MAX_HEARTBEAT, max(MIN_HEARTBEAT, float(ms) / 1000))
+
+
+def session_id(ready: dict[str, Any]) -> str:
+    """READY's session id, "" when it is missing or malformed (the shard then identifies next time)."""
+    return text(obj(ready.get("d")).get("session_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """An op 13 callback-URL validation: what the answer must sign."""
+
+    plain_token: str
+    event_ts: str
+
+
+def validation(payload: dict[str, Any]) -> Validation | None:
+    """The op 13 request's fields, or None when they are not strings."""
+    d = obj(payload.get("d"))
+    plain_token, event_ts = d.get("plain_token"), d.get("event_ts")
+    if not isinstance(plain_token, str) or not isinstance(event_ts, str):
+        return None
+    return Validation(plain_token, event_ts)
+
+
+def decode_message(payload: dict[str, Any], adapter: str, self_id: str) -> MessageEvent | None:
+    """A group @-message or private (C2C) message as a MessageEvent; None for anything else.
+
+    Fields the bot relies on must have their documented types (ids non-empty strings, content a
+    string); otherwise the event is dropped. Never raises.
+    """
+    kind = payload.get("t")
+    if kind not in MESSAGE_EVENTS:
+        return None
+    data = payload.get("d")
+    if not isinstance(data, dict):
+        return None
+    author = obj(data.get("author"))
+    group = kind == GROUP_MESSAGE
+    user = text(author.get("member_openid" if group else "user_openid")) or text(author.get("id"))
+    msg_id = text(data.get("id"))
+    group_id = text(data.get("group_openid")) if group else ""
+    content = data.get("content", "")
+    if not user or not msg_id or (group and not group_id) or not isinstance(content, str):
+        return None
+    # The @bot mention is removed by the platform, leaving a leading space.
+    segments: list[Segment] = [Text(content.strip())] if content.strip() else []
+    attachments = data.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else ():
+        image = _image(attachment)
+        if image is not None:
+            segments.append(image)
+    return MessageEvent(
+        adapter=adapter,
+        platform="qqbot",
+        self_id=self_id,
+        chat_type=ChatType.GROUP if group else ChatType.PRIVATE,
+        user_id=user,
+        group_id=group_id,
+        message=tuple(segments),
+        message_id=msg_id,
+        to_me=True,
+        raw=data,
+    )
+
+
+def _image(attachment: object) -> Image | None:
+    attachment = obj(attachment)
+    url = text(attachment.get("url"))
+    if not text(attachment.get("content_type")).startswith("image") or not url:
+        return None
+    # Attachment URLs sometimes come without a scheme.
+    return Image(url=url if url.startswith(("http://", "https://")) else f"https://{url}")
+
+
+def unlinkable(value: str) -> str:
+    """`value` with URLs and bare domains broken (scheme removed, dots made full-width)."""
+    return _URL.sub(lambda m: re.sub(r"^https?://", "", m.group(0)).replace(".", "。"), value)
+
+
+def text_reply(message: Message, msg_id: str, msg_seq: int) -> dict[str, Any]:
+    """The body of a passive text reply (msg_type 0) to `msg_id`."""
+    return {"msg_id": msg_id, "msg_seq": msg_seq, "msg_type": 0, "content": unlinkable(describe(message))}
+
+
+def media_reply(file_info: str, msg_id: str, msg_seq: int) -> dict[str, Any]:
+    """The body of a passive media reply (msg_type 7) for an uploaded file; content must be one space."""
+    return {"msg_id": msg_id, "msg_seq": msg_seq, "msg_type": 7, "content": " ", "media": {"file_info": file_info}}

@@ -177,6 +177,13 @@ class Adapter(ABC):
             )
 
     @property
+    def ws_options(self) -> dict[str, Any]:
+        """aiohttp WebSocket options every link shares. TEXT frames stay bytes, so invalid UTF-8 is
+        dropped by `receive` instead of aiohttp closing the socket (1007); aiohttp refuses a frame of
+        exactly `max_msg_size` bytes, so the limit is one over the inclusive `max_frame`."""
+        return {"max_msg_size": self.max_frame + 1, "decode_text": False}
+
+    @property
     def connected(self) -> bool:
         """True while the platform link is up and verified."""
         return self._link_ready.is_set()

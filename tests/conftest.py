@@ -55,6 +55,14 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for every example of a property test (Hypothesis runs plain functions)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[FakeOpenAI]:
     server = FakeOpenAI()
@@ -112,6 +120,21 @@ def log_lines() -> Iterator[list[str]]:
     sink_id = logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{message}")
     yield lines
     logger.remove(sink_id)
+
+
+async def spawn_bot(config: Path, *args: str) -> asyncio.subprocess.Process:
+    """Run `python bot.py --config <config> [args]` as its own process, in the config's folder."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bot.py"),
+        "--config",
+        str(config),
+        *args,
+        cwd=config.parent,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def start_bot(config: Path) -> App:

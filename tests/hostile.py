@@ -6,12 +6,15 @@ and, for a real event of each kind, the same event with every field replaced by 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 from collections.abc import Iterator
 from typing import Any
 
 from adapters.frames import MAX_BODY, MAX_FRAME
+from core.event import Event
 
 # Values of every JSON type, plus the awkward ones: each replaces a field whose type differs.
 WRONG_VALUES: tuple[Any, ...] = (
@@ -85,3 +88,75 @@ def wrong_types(event: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             if type(value) is type(original) and value == original:
                 continue
             yield f"{'.'.join(map(str, path))}={json.dumps(value)[:20]}", _replaced(event, path, value)
+
+
+WS_UPGRADE = [
+    (b"Upgrade", b"websocket"),
+    (b"Connection", b"Upgrade"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+]
+
+
+async def raw_request(
+    port: int, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"", timeout: float = 10.0
+) -> int:
+    """Send one HTTP/1.1 request whose header bytes are exactly `headers` (aiohttp's client would refuse
+    or re-encode bytes such as 0xFF); the status the server answered. Used for hostile-header tests."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+        lines += [name + b": " + value for name, value in headers]
+        if not any(name.lower() == b"connection" for name, _ in headers):
+            lines.append(b"Connection: close")
+        if body or method == "POST":
+            lines.append(b"Content-Length: %d" % len(body))
+        with contextlib.suppress(ConnectionError):  # a server refusing a large body may close before reading it
+            writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+BUG = "a bug in one handler"
+
+
+def fail_once(monkeypatch: Any, owner: object, name: str) -> None:
+    """Make `owner.name` raise RuntimeError(BUG) on its first call and work normally after: a handler bug."""
+    real = getattr(owner, name)
+    calls = 0
+
+    def first_call_fails() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError(BUG)
+
+    if asyncio.iscoroutinefunction(real):
+
+        async def failing_async(*args: Any, **kwargs: Any) -> Any:
+            first_call_fails()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, failing_async)
+    else:
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            first_call_fails()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, failing)
+
+
+class Sink:
+    """An adapter's event sink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def __call__(self, event: Event) -> None:
+        self.events.append(event)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +16,9 @@ from adapters.milky.settings import MilkySettings
 from adapters.satori.adapter import SatoriAdapter
 from adapters.satori.codec import decode_content, encode_content, parse_content
 from adapters.satori.settings import SatoriSettings
-from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
+from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent
 from core.message import At, AtAll, Face, Image, Message, Quote, Segment, Text
+from tests.hostile import Sink
 
 EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QQ = re.compile(r"[1-9][0-9]{0,18}")
@@ -35,22 +34,6 @@ small_json = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=6,
 )
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One loop for every example (Hypothesis runs plain functions; the decoders are coroutines)."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
 
 
 # --- Milky ----------------------------------------------------------------------------------------

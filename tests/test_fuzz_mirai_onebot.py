@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -24,6 +23,7 @@ from adapters.sse import sse_data
 from core.errors import ActionFailedError, NotConnectedError
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
 from core.message import At, AtAll, Dice, Face, Message, Quote, Segment, Text
+from tests.hostile import Sink
 
 EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QQ = re.compile(r"[1-9][0-9]{0,18}")
@@ -40,22 +40,6 @@ small_json = st.recursive(
     max_leaves=6,
 )
 ids = st.integers(1, 2**62)
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One loop for every example (Hypothesis runs plain functions; the handlers are coroutines)."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
 
 
 def assert_well_formed(events: list[Event]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, start_bot
+from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, spawn_bot, start_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message
 from tests.fakes.mirai_server import FakeMiraiServer
 from tests.fakes.openai_server import FakeOpenAI
@@ -143,19 +143,6 @@ async def test_healthz_never_shows_a_secret(write_config: Callable[..., Path], f
         await app.stop()
 
 
-async def spawn(config: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "bot.py"),
-        "--config",
-        str(config),
-        *args,
-        cwd=config.parent,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 async def test_the_bot_exits_1_when_every_platform_stopped_for_good(
     write_config: Callable[..., Path], fake_llm: FakeOpenAI
@@ -164,7 +151,7 @@ async def test_the_bot_exits_1_when_every_platform_stopped_for_good(
     await server.start()
     try:
         config = write_config({"mirai": forward_to(server.base_url)})  # our api_key is not mirai's verifyKey
-        process = await spawn(config)
+        process = await spawn_bot(config)
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
         log = stderr.decode()
         assert process.returncode == 1, log[-3000:]
@@ -181,7 +168,7 @@ async def test_a_read_only_database_stops_start_up_with_one_line_naming_database
     database = tmp_path / "ro.sqlite3"
     database.write_bytes(b"")
     config = write_config({"database": {"url": f"sqlite+aiosqlite:///file:{database}?mode=ro&uri=true"}})
-    process = await spawn(config)
+    process = await spawn_bot(config)
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     lines = [line for line in stderr.decode().splitlines() if "database.url" in line]
     assert process.returncode == 2, stderr.decode()[-2000:]

@@ -18,7 +18,7 @@ from adapters.milky import transports
 from tests.conftest import eventually, free_port, start_bot
 from tests.fakes.milky_server import FakeMilky, sent_text
 from tests.fakes.openai_server import FakeOpenAI
-from tests.hostile import body_frames, generic_frames, wrong_types
+from tests.hostile import body_frames, fail_once, generic_frames, wrong_types
 
 BOT = 10003
 TOKEN = "milky-token-Zq8"
@@ -234,17 +234,7 @@ async def test_a_handler_bug_costs_one_event_not_the_link(
 ) -> None:
     bot = await milky(transport)
     adapter = bot.adapter
-    handle = adapter.on_event
-    seen = 0
-
-    async def buggy(event: dict[str, Any]) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == 1:
-            raise RuntimeError("a bug in one handler")
-        await handle(event)
-
-    monkeypatch.setattr(adapter, "on_event", buggy)
+    fail_once(monkeypatch, adapter, "on_event")
     connections = bot.impl.connections
     await bot.impl.push(bot.impl.message_event("friend", USER, USER, [text("触发故障")], 900))
     await eventually(lambda: any("could not be handled" in line for line in log_lines), timeout=10)

@@ -18,9 +18,9 @@ from bot import App
 from core.event import Event, MessageEvent
 from core.message import describe
 from tests.conftest import eventually, free_port, start_bot
-from tests.fakes.onebot_impl import WS_UPGRADE, FakeOneBot, raw_request, sent_text
+from tests.fakes.onebot_impl import FakeOneBot, sent_text
 from tests.fakes.openai_server import FakeOpenAI
-from tests.hostile import body_frames, generic_frames, wrong_types
+from tests.hostile import WS_UPGRADE, body_frames, fail_once, generic_frames, raw_request, wrong_types
 
 BOT = 2976543210  # the account the recorded samples in tests/samples/onebot were made with
 TOKEN = "onebot-token-77ab"
@@ -298,20 +298,11 @@ async def test_wrong_types_in_every_event_kind(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_handler_bug_drops_one_event_and_the_link_stays(
-    rig: Callable[..., Any], mode: str, fake_llm: FakeOpenAI, log_lines: list[str]
+    rig: Callable[..., Any], mode: str, fake_llm: FakeOpenAI, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r: Rig = await rig(mode)
     before = r.connection()
-    real = r.adapter._on_message
-    broken = {"left": 1}
-
-    async def buggy(event: dict[str, Any]) -> None:
-        if broken["left"]:
-            broken["left"] -= 1
-            raise RuntimeError("a bug in one handler")
-        await real(event)
-
-    r.adapter._on_message = buggy
+    fail_once(monkeypatch, r.adapter, "_on_message")
     await r.impl.push(r.impl.private_message(20001, "触发了 bug", 5))
     await r.probe()
     assert r.connection() == before

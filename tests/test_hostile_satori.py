@@ -17,7 +17,7 @@ from adapters.satori import adapter as satori_adapter
 from tests.conftest import eventually, start_bot
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.satori_server import FakeSatori
-from tests.hostile import generic_frames, wrong_types
+from tests.hostile import fail_once, generic_frames, wrong_types
 
 BOT = "10004"
 TOKEN = "satori-token-Qw3"
@@ -241,17 +241,7 @@ async def test_a_handler_bug_costs_one_event_not_the_link(
 ) -> None:
     bot = await satori()
     adapter = bot.adapter
-    handle = adapter.on_event
-    seen = 0
-
-    async def buggy(event: dict[str, Any]) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == 1:
-            raise RuntimeError("a bug in one handler")
-        await handle(event)
-
-    monkeypatch.setattr(adapter, "on_event", buggy)
+    fail_once(monkeypatch, adapter, "on_event")
     await bot.server.push(bot.server.message_event(f"private:{USER}", USER, "触发故障", "m900"))
     await eventually(lambda: any("could not be handled" in line for line in log_lines), timeout=10)
     await bot.answered("故障之后")

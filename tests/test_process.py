@@ -12,25 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BOT_QQ, VERIFY_KEY
+from tests.conftest import BOT_QQ, VERIFY_KEY, spawn_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message, sent_text
 from tests.fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def spawn_bot(config: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "bot.py"),
-        "--config",
-        str(config),
-        *args,
-        cwd=config.parent,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 async def test_console_chats_through_the_same_pipeline(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:

@@ -77,14 +77,11 @@ class EventStream:
         adapter = self.adapter
         assert adapter.http is not None
         try:
-            # decode_text=False: a text frame with invalid UTF-8 arrives as bytes and is dropped by `receive`,
-            # instead of aiohttp closing the whole connection.
             ws = await adapter.http.ws_connect(
                 self.url,
                 headers=adapter.auth_headers(),
                 heartbeat=HEARTBEAT,
-                max_msg_size=adapter.max_frame,
-                decode_text=False,
+                **adapter.ws_options,
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):

@@ -70,9 +70,7 @@ class MiraiForward(MiraiBase):
             headers=auth,
             params=auth,
             heartbeat=HEARTBEAT,
-            # aiohttp refuses a frame of exactly max_msg_size bytes; the cap itself is inclusive.
-            max_msg_size=self.max_frame + 1,
-            decode_text=False,
+            **self.ws_options,
         ) as ws:
             try:
                 await self._handshake(ws)

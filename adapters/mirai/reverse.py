@@ -16,7 +16,7 @@ from adapters.mirai.base import HEARTBEAT, MiraiBase, Socket
 VERIFY_SYNC_ID = "1"
 EXAMPLE_VERIFY_KEY = "1234567890"
 # config.example.toml's reverse_ws_token: whoever has read the example knows it.
-EXAMPLE_REVERSE_WS_TOKEN = "请修改为随机字符串-change-me"
+EXAMPLE_REVERSE_WS_TOKEN = "change-me-to-random-letters"
 REVERIFY_DELAY = 30.0
 
 
@@ -87,9 +87,7 @@ class MiraiReverse(MiraiBase):
         if refused is not None:
             self.log.warning("refused a connection from {}: wrong or missing reverse_ws_token", request.remote)
             return web.Response(status=refused, text="unauthorized")
-        # aiohttp refuses a frame of exactly max_msg_size bytes; the cap itself is inclusive. Text
-        # frames stay bytes so that invalid UTF-8 is dropped by `receive` instead of closing the socket.
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=self.max_frame + 1, decode_text=False)
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, **self.ws_options)
         await ws.prepare(request)
         self.log.info("mirai-api-http connected from {}, verifying", request.remote)
         try:

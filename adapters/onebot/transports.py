@@ -94,9 +94,7 @@ class OneBotReverse(OneBotBase):
         announced = request.headers.get("X-Self-ID", "")
         if not self.self_id and QQ_NUMBER.fullmatch(announced):
             self.self_id = announced
-        # aiohttp refuses a frame of exactly max_msg_size bytes; the cap itself is inclusive. Text
-        # frames stay bytes so that invalid UTF-8 is dropped by `receive` instead of closing the socket.
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=self.max_frame + 1, decode_text=False)
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, **self.ws_options)
         await ws.prepare(request)
         assert self.listener is not None
         if role in ("universal", "api"):
@@ -182,9 +180,7 @@ class OneBotForward(OneBotBase):
                 self.settings.ws_url,
                 headers=headers,
                 heartbeat=HEARTBEAT,
-                # aiohttp refuses a frame of exactly max_msg_size bytes; the cap itself is inclusive.
-                max_msg_size=self.max_frame + 1,
-                decode_text=False,
+                **self.ws_options,
             ) as ws:
                 self._ws = ws
                 try:

@@ -71,7 +71,7 @@ class GatewayShard:
         url = await self._gateway_url()
         session = adapter.http()
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            ws = await session.ws_connect(url, max_msg_size=adapter.max_frame, decode_text=False)
+            ws = await session.ws_connect(url, **adapter.ws_options)
         self._ending = None
         try:
             hello = await self._hello(ws)

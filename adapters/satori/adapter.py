@@ -147,9 +147,7 @@ class SatoriAdapter(Adapter):
         """One WebSocket session: IDENTIFY (with sn), READY, then events and PINGs until it ends."""
         assert self.http is not None
         try:
-            # decode_text=False: a text frame with invalid UTF-8 arrives as bytes and is dropped by `receive`,
-            # instead of aiohttp closing the whole connection.
-            ws = await self.http.ws_connect(self.ws_url, max_msg_size=self.max_frame, decode_text=False)
+            ws = await self.http.ws_connect(self.ws_url, **self.ws_options)
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):
                 raise FatalLinkError(TOKEN_REFUSED.format(f"HTTP {exc.status}")) from None

@@ -768,38 +768,6 @@ class FakeOneBot:
             self._session = None
 
 
-WS_UPGRADE = [
-    (b"Upgrade", b"websocket"),
-    (b"Connection", b"Upgrade"),
-    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
-    (b"Sec-WebSocket-Version", b"13"),
-]
-
-
-async def raw_request(
-    port: int, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"", timeout: float = 10.0
-) -> int:
-    """Send one HTTP/1.1 request whose header bytes are exactly `headers` (aiohttp's client would refuse
-    or re-encode bytes such as 0xFF); the status the server answered. Used for hostile-header tests."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
-        lines += [name + b": " + value for name, value in headers]
-        if not any(name.lower() == b"connection" for name, _ in headers):
-            lines.append(b"Connection: close")
-        if body or method == "POST":
-            lines.append(b"Content-Length: %d" % len(body))
-        with contextlib.suppress(ConnectionError):  # a server refusing a large body may close before reading it
-            writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-            await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), timeout)
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 def _sse_event(data: bytes) -> bytes:
     """One server-sent event carrying `data` (each of its lines a `data:` line)."""
     return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"

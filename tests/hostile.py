@@ -109,7 +109,8 @@ async def raw_request(
         lines += [name + b": " + value for name, value in headers]
         if not any(name.lower() == b"connection" for name, _ in headers):
             lines.append(b"Connection: close")
-        if body or method == "POST":
+        chunked = any(name.lower() == b"transfer-encoding" for name, _ in headers)
+        if (body or method == "POST") and not chunked:
             lines.append(b"Content-Length: %d" % len(body))
         with contextlib.suppress(ConnectionError):  # a server refusing a large body may close before reading it
             writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)

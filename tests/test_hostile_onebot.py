@@ -410,5 +410,8 @@ async def test_hostile_headers_and_bodies_on_the_webhook(rig: Callable[..., Any]
     ]
     for name, headers, body, expected in cases:
         assert await raw_request(port, "POST", "/", headers, body) == expected, name
+    # Unsigned posts are refused before their body is read: a chunked body that never comes is not waited for.
+    chunked = [json_type, (b"Transfer-Encoding", b"chunked"), (b"Connection", b"keep-alive")]
+    assert await raw_request(port, "POST", "/", chunked, timeout=5) == 401
     await r.probe()
     assert model_texts(fake_llm, 0) == []

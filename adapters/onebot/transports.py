@@ -332,10 +332,13 @@ class OneBotHttp(OneBotBase):
             )
 
     async def _webhook(self, request: web.Request) -> web.Response:
-        body = await request.read()  # the listener caps it (413 past max_body)
         secret = self.settings.secret.get_secret_value()
+        given = header(request, "X-Signature")  # raw bytes: any byte compares, none raises
+        if secret and not given:  # refused before its body is read: nobody unsigned makes the bot buffer
+            self.log.warning("refused a OneBot event from {}: no X-Signature (check [onebot] secret)", request.remote)
+            return web.Response(status=401)
+        body = await request.read()  # the listener caps it (413 past max_body)
         if secret:
-            given = header(request, "X-Signature")  # raw bytes: any byte compares, none raises
             expected = b"sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest().encode()
             if not hmac.compare_digest(given, expected):
                 self.log.warning(

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from adapters.base import Adapter, EventSink, addressed_to, json_object
+from adapters.fields import Malformed
 from adapters.frames import preview
 from adapters.link import FatalLinkError, Link, LinkError, LinkState, describe
 from adapters.satori.codec import decode_content, encode_content
@@ -40,10 +41,6 @@ QQ_PLATFORMS = {"", "qq", "llonebot", "chronocat", "red", "onebot", "lagrange"}
 _MAX_SN = 2**53
 
 
-class MalformedEvent(ValueError):
-    """A field the event cannot do without is missing or has the wrong type: the event is dropped."""
-
-
 def _id(value: object) -> str:
     """An id: Satori ids are strings, so a printable, non-blank string; anything else is no id."""
     if isinstance(value, str) and value.strip() and value.isprintable() and len(value) <= 256:
@@ -54,14 +51,14 @@ def _id(value: object) -> str:
 def _required_id(value: object, field: str) -> str:
     found = _id(value)
     if not found:
-        raise MalformedEvent(field)
+        raise Malformed(field)
     return found
 
 
 def _object(event: dict[str, Any], field: str) -> dict[str, Any]:
     value = event.get(field)
     if not isinstance(value, dict):
-        raise MalformedEvent(field)
+        raise Malformed(field)
     return value
 
 
@@ -248,7 +245,7 @@ class SatoriAdapter(Adapter):
         self.platform = self.platform or _platform(login) or _platform(event)
         try:
             await handler(event)
-        except MalformedEvent as exc:
+        except Malformed as exc:
             self.log.warning("dropped a Satori {} event: missing or malformed {}", kind, exc)
 
     async def _on_message(self, event: dict[str, Any]) -> None:
@@ -269,7 +266,7 @@ class SatoriAdapter(Adapter):
         message_id = _required_id(message_data.get("id"), "message.id")  # for quoting it, and for dedupe
         content = message_data.get("content")
         if not isinstance(content, str):
-            raise MalformedEvent("message.content")
+            raise Malformed("message.content")
         private = _is_int(channel.get("type"), 1) or channel_id.startswith("private:")
         guild = json_object(event.get("guild"))
         member = json_object(event.get("member"))

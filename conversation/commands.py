@@ -1,8 +1,9 @@
-"""The command table and the session commands: reset, rollback, switching model or AI, ping."""
+"""The command table and the session commands: reset, rollback, stop, switching model or AI, ping, help."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -55,8 +56,20 @@ class CommandTable:
         return None
 
 
+# session key -> stops the session's running answer and drops its queued messages; True when one ran
+StopSession = Callable[[str], Awaitable[bool]]
+
+
+async def _nothing_to_stop(_: str) -> bool:
+    return False
+
+
 class SessionCommands:
-    """The built-in commands; each answers with a short text and never reaches the model."""
+    """The built-in commands; each answers with a short text and never reaches the model.
+
+    They run as soon as they arrive, beside a running answer of the same session (never queued
+    behind it); `stop_session` is how stop, reset and loading a preset end that answer first.
+    """
 
     def __init__(
         self,
@@ -65,12 +78,16 @@ class SessionCommands:
         sessions: SessionSettings,
         model: ChatModel,
         presets: PresetBook,
+        stop_session: StopSession = _nothing_to_stop,
     ) -> None:
         self.settings = settings
         self.store = store
         self.sessions = sessions
         self.model = model
         self.presets = presets
+        self.stop_session = stop_session
+        # Whether `画` can work: only accounts with `image_model` draw (refreshed by the reload command).
+        self.can_draw = any(account.image_model for account in settings.openai.accounts)
 
     def register(self, table: CommandTable) -> None:
         trigger = self.settings.trigger
@@ -79,6 +96,7 @@ class SessionCommands:
         table.add_words(trigger.ping_command, self.ping)
         table.add_words([*trigger.reload_command, "/reload"], self.reload)
         table.add_words([*trigger.help_command, "/help"], self.help)
+        table.add_words(trigger.stop_command, self.stop)
         table.add_pattern(r"/model (.+)", self.switch_model)
         presets = self.settings.presets
         table.add_pattern(presets.command, self.load_preset)
@@ -102,8 +120,16 @@ class SessionCommands:
         return (Image(url=image.url) if image.url else Image(base64=image.base64),)
 
     async def reset(self, job: Job, _: str) -> str:
+        """A new conversation; a running answer is stopped first, so it cannot be stored afterwards."""
+        await self.stop_session(job.session_key)
         await self.store.reset(job.session_key)
         return self.settings.response.reset
+
+    async def stop(self, job: Job, _: str) -> str:
+        """Cancel the running answer (nothing more of it is sent or stored) and the messages queued after it."""
+        if await self.stop_session(job.session_key):
+            return self.settings.response.stopped
+        return self.settings.response.nothing_to_stop
 
     async def rollback(self, job: Job, _: str) -> str:
         response = self.settings.response
@@ -124,6 +150,7 @@ class SessionCommands:
         except OSError as exc:
             return f"配置文件无法读取 (cannot read the config file): {exc.strerror}"
         self.model.reload(fresh.openai)
+        self.can_draw = any(account.image_model for account in fresh.openai.accounts)
         logger.bind(adapter="chat").info("model accounts reloaded from {}", self.settings.path)
         return _fill(response.reloaded, count=str(len(fresh.openai.accounts)))
 
@@ -133,6 +160,7 @@ class SessionCommands:
         preset = self.presets.get(name)
         if preset is None:
             return _fill(settings.not_found, name=name, presets="、".join(self.presets.names()))
+        await self.stop_session(job.session_key)
         await self.store.reset(job.session_key)
         await self.sessions.update(job.session_key, preset=preset.name)
         return settings.loaded_successful
@@ -144,20 +172,27 @@ class SessionCommands:
         return _fill(settings.list_format, presets="\n".join(self.presets.names()))
 
     async def help(self, job: Job, _: str) -> str:
-        """The commands this sender may use, one per line."""
+        """The commands this sender may use with this config, one per line (none that could only fail)."""
         trigger = self.settings.trigger
         lines = [
-            f"{trigger.reset_command[0] if trigger.reset_command else '/reset'}：清空当前对话",
-            f"{trigger.rollback_command[0] if trigger.rollback_command else '/rollback'}：撤回上一轮问答",
-            "加载预设 <名称>（/preset）：换一个预设并开始新对话",
+            f"{_first(trigger.reset_command, '/reset')}：清空当前对话",
+            f"{_first(trigger.rollback_command, '/rollback')}：撤回上一轮问答",
         ]
-        if job.admin or not self.settings.presets.hide:
-            lines.append("预设列表：查看可用的预设")
-        lines.append("切换模型 <模型>（/model）：" + "、".join(self.allowed_models()))
+        if trigger.stop_command:
+            lines.append(f"{trigger.stop_command[0]}：停止正在进行的回答")
+        if self.presets.names():
+            lines.append("加载预设 <名称>（/preset）：换一个预设并开始新对话")
+            if job.admin or not self.settings.presets.hide:
+                lines.append("预设列表：查看可用的预设")
+        models = self.allowed_models()
+        # Switching needs somewhere to go: a listed model, or a second one; admins may name any model.
+        if job.admin or trigger.allowed_models or len(models) > 1:
+            lines.append("切换模型 <模型>（/model）：" + "、".join(models))
         if job.admin or trigger.allow_switching_ai:
             lines.append("切换AI <名称>：" + "、".join(name for name, _, _ in self.model.accounts()))
-        lines.append(f"{trigger.ping_command[0] if trigger.ping_command else 'ping'}：查看当前账号、模型和预设")
-        if trigger.prefix_image:
+        if trigger.ping_command:
+            lines.append(f"{trigger.ping_command[0]}：查看当前账号、模型和预设")
+        if trigger.prefix_image and self.can_draw:
             lines.append(f"{trigger.prefix_image[0]} <描述>：画一张图")
         if job.admin:
             lines += [
@@ -207,6 +242,10 @@ class SessionCommands:
             return _fill(response.account_not_found, account=name, accounts="、".join(accounts))
         await self.sessions.update(job.session_key, account=name, model="")
         return _fill(response.account_switched, account=name, model=accounts[name])
+
+
+def _first(words: list[str], fallback: str) -> str:
+    return words[0] if words else fallback
 
 
 def _fill(template: str, **values: str) -> str:

@@ -17,6 +17,7 @@ FAILURE_REASONS = {
     "server": "模型服务暂时不可用",
     "bad_request": "请求被模型服务拒绝",
     "context_length": "对话太长，模型装不下了，请发送“重置会话”",
+    "empty": "模型没有给出回答，请换个说法再试",
     "unsupported": "没有可用的账号",
     "storage": "聊天记录数据库暂时无法读写",
 }

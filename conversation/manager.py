@@ -6,9 +6,11 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import functools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -38,14 +40,32 @@ from storage.base import HistoryStore
 from storage.seen import MemorySeenEvents, SeenEvents, seen_key
 
 DEDUPE_SIZE = 4096
-WORKER_IDLE_SECONDS = 60.0
+STOP_WAIT_SECONDS = 5.0  # how long stop/reset waits for a cancelled answer to unwind
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    """A session with chat work: the messages waiting behind the running one, and the worker serving them.
+
+    It exists only while there is work: the worker starts with the first message and removes the
+    session when its queue is empty, so an idle session costs nothing here (its settings are cached
+    in SessionSettings) and no finished job, event or frame stays referenced.
+    """
+
+    # each queued job with the session's commands that were running when it arrived (it waits for them)
+    waiting: deque[tuple[Job, tuple[asyncio.Task[None], ...]]] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+    answering: bool = False
+    running_after: tuple[asyncio.Task[None], ...] = ()  # the `after` of the job being answered
 
 
 class ConversationManager:
     """Receives every event from every adapter and answers the ones meant for the bot.
 
-    One FIFO queue (and one worker task) per session keeps a user's replies in order; a
-    semaphore caps how many model calls run at once across sessions.
+    Chat messages go through one FIFO queue per session (served by a worker that exists only while
+    the queue has work), so a user's replies stay in order; commands are answered at once, even
+    while that session's answer runs. A semaphore caps how many model calls run at once across
+    sessions.
     """
 
     def __init__(
@@ -69,9 +89,9 @@ class ConversationManager:
         self.started_at = time.time()
         self._today = (datetime.date.today(), 0)  # (date, messages answered that day)
         self._renderer: MarkdownRenderer | None = None
-        self._queues: dict[str, asyncio.Queue[Job]] = {}
+        self._sessions: dict[str, _Session] = {}  # only sessions with queued or running chat work
+        self._commands: dict[str, set[asyncio.Task[None]]] = {}  # each session's running commands
         self._group_slots: dict[str, asyncio.Semaphore] = {}
-        self._busy: set[str] = set()  # sessions whose worker is answering right now
         self._render_lock = asyncio.Lock()  # one renderer, used by one thread at a time
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.seen: SeenEvents = MemorySeenEvents()  # App.start() puts the database's store here
@@ -85,7 +105,9 @@ class ConversationManager:
         self.triggers = TriggerRules(settings.trigger)
         self.words = WordFilter(settings.moderation)
         self.commands = CommandTable()
-        SessionCommands(settings, self.store, self.sessions, self.model, self.presets).register(self.commands)
+        SessionCommands(settings, self.store, self.sessions, self.model, self.presets, self.stop_session).register(
+            self.commands
+        )
         AdminCommands(self.admin, self.presets, self._reload, self.status).register(self.commands)
         self.chat = ChatFlow(
             settings,
@@ -158,17 +180,30 @@ class ConversationManager:
         if command is None and not prompt and not self.chat.image_urls_in(event):
             return
         key = self.session_key(event)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = asyncio.Queue()
-            self.tasks.spawn(self._work(key, queue), name=f"session {key}")
+        if command is not None:
+            # Commands never wait behind the session's running answer (stop and reset are about it).
+            running = self._commands.setdefault(key, set())
+            limit = self.settings.response.max_queue_size
+            if limit and len(running) >= limit:  # a flood of commands must not become a flood of tasks
+                self.tasks.spawn(self._reply(event, self.settings.response.queue_full), name="queue-full")
+                return
+            job = Job(event, prompt, key, admin, command.handler, command.argument)
+            task = self.tasks.spawn(self._answer_command(job), name="command")
+            running.add(task)
+            task.add_done_callback(functools.partial(self._command_done, key))
+            return
         response = self.settings.response
-        if response.max_queue_size and queue.qsize() >= response.max_queue_size:
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = _Session()
+        if response.max_queue_size and len(session.waiting) >= response.max_queue_size:
             self.tasks.spawn(self._reply(event, response.queue_full), name="queue-full")
             return
-        handler, argument = (command.handler, command.argument) if command is not None else (None, "")
-        queue.put_nowait(Job(event, prompt, key, admin, handler, argument))
-        ahead = queue.qsize() - 1 + (key in self._busy)
+        # A chat message sent after "切换模型 …" or a reset is answered with that change made.
+        session.waiting.append((Job(event, prompt, key, admin), tuple(self._commands.get(key, ()))))
+        if session.worker is None:
+            session.worker = self.tasks.spawn(self._work(key, session), name=f"session {key}")
+        ahead = len(session.waiting) - 1 + session.answering
         if response.queued_notice_size and ahead >= response.queued_notice_size:
             notice = response.queued_notice.replace("{queue_size}", str(ahead))
             self.tasks.spawn(self._reply(event, notice), name="queued-notice")
@@ -177,26 +212,64 @@ class ConversationManager:
         adapter = self.adapters.get(job.event.adapter)
         return adapter.max_text_length if adapter is not None else 4500
 
-    async def _work(self, key: str, queue: asyncio.Queue[Job]) -> None:
-        """Serve one session's queue in order; end after a quiet minute."""
-        while True:
-            try:
-                # asyncio.timeout, not wait_for: wait_for wraps the get() in a new task every time.
-                async with asyncio.timeout(WORKER_IDLE_SECONDS):
-                    job = await queue.get()
-            except TimeoutError:
-                if queue.empty():
-                    del self._queues[key]
-                    return
-                continue
-            self._busy.add(key)
-            try:
-                await self._process(job)
-            except Exception:
-                self.log.exception("failed to answer a message in session {}", key)
-            finally:
-                self._busy.discard(key)
-                queue.task_done()
+    def _command_done(self, key: str, task: asyncio.Task[None]) -> None:
+        running = self._commands.get(key)
+        if running is not None:
+            running.discard(task)
+            if not running:
+                del self._commands[key]
+
+    async def _answer_command(self, job: Job) -> None:
+        try:
+            await self._process(job)
+        except Exception:
+            self.log.exception("failed to run a command in session {}", job.session_key)
+
+    async def _work(self, key: str, session: _Session) -> None:
+        """Serve one session's queue in order, and end (removing the session) when it is empty."""
+        try:
+            while session.waiting:
+                job, session.running_after = session.waiting.popleft()
+                session.answering = True
+                try:
+                    if session.running_after:
+                        await asyncio.wait(session.running_after)
+                    await self._process(job)
+                except Exception:
+                    self.log.exception("failed to answer a message in session {}", key)
+                finally:
+                    session.answering = False
+                    session.running_after = ()
+                    del job  # the finished job's event must not stay alive while the next one runs
+        finally:
+            # Also when stopped: the messages queued behind a cancelled answer go with it.
+            session.waiting.clear()
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
+
+    async def stop_session(self, key: str) -> bool:
+        """Cancel the session's running answer and drop its queued messages; True when there was one.
+
+        Called from a command (stop, reset, loading a preset): only messages sent before that
+        command are dropped; later ones wait for it and are then answered. Returns once the
+        cancelled answer has unwound (at most STOP_WAIT_SECONDS), so a reset cannot be overtaken
+        by it; nothing more of that answer is sent or stored.
+        """
+        me = asyncio.current_task()
+        session = self._sessions.get(key)
+        if session is None or session.worker is None or me in session.running_after:
+            return False  # nothing, or only messages sent after this command
+        del self._sessions[key]
+        later = deque(item for item in session.waiting if me in item[1])
+        session.waiting.clear()
+        if later:
+            # They keep their order in a fresh queue; its first message waits for this command.
+            fresh = self._sessions[key] = _Session(later)
+            fresh.worker = self.tasks.spawn(self._work(key, fresh), name=f"session {key}")
+        session.worker.cancel()
+        await asyncio.wait({session.worker}, timeout=STOP_WAIT_SECONDS)
+        self.log.info("stopped the answer of session {}", key)
+        return True
 
     async def _process(self, job: Job) -> None:
         try:
@@ -247,13 +320,14 @@ class ConversationManager:
         """Uptime, platform links, queues and today's answers, for `.状态`."""
         uptime = int(time.time() - self.started_at)
         links = "、".join(f"{name} {'在线' if a.connected else '离线'}" for name, a in self.adapters.items())
-        queued = sum(q.qsize() for q in self._queues.values())
+        queued = sum(len(session.waiting) for session in self._sessions.values())
+        answering = sum(session.answering for session in self._sessions.values())
         day, count = self._today
         today = count if day == datetime.date.today() else 0
         return (
             f"运行时间：{uptime // 86400} 天 {uptime % 86400 // 3600} 小时 {uptime % 3600 // 60} 分\n"
             f"平台连接：{links or '无'}\n"
-            f"排队：{queued} 条（{len(self._queues)} 个会话，{len(self._busy)} 个正在回答）\n"
+            f"排队：{queued} 条（{len(self._sessions)} 个会话，{answering} 个正在回答）\n"
             f"今日回答：{today} 条"
         )
 
@@ -364,12 +438,17 @@ class ConversationManager:
             self.log.error("could not answer {} request from {}: {}", event.kind, event.user_id, exc)
 
     async def drain(self) -> None:
-        """Wait until every message already queued has been answered."""
-        for queue in list(self._queues.values()):
-            await queue.join()
+        """Wait until every chat message already queued has been answered (and commands have run)."""
+        while self._sessions or len(self.tasks):
+            workers = {s.worker for s in self._sessions.values() if s.worker is not None}
+            if workers:
+                await asyncio.wait(workers)
+            else:
+                await asyncio.sleep(0.01)  # only commands and notices left; they finish quickly
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Abandon queued and in-flight work (at most `timeout` seconds)."""
         await self.tasks.close(timeout)
-        self._queues.clear()
+        self._sessions.clear()
+        self._commands.clear()
         await self.images.close()

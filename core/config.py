@@ -77,6 +77,8 @@ class OpenAIAccount(Section):
     models: list[str] = Field(default_factory=list)
     vision: bool = False
     image_model: str = ""
+    # requests in flight at once on this account; hosted APIs take many, local servers want 1-4
+    max_concurrency: int = Field(64, ge=1, le=10000)
 
     @field_validator("api_key")
     @classmethod
@@ -142,6 +144,7 @@ class TriggerSettings(Section):
     ping_command: list[str] = Field(default_factory=lambda: ["ping"])
     reload_command: list[str] = Field(default_factory=lambda: ["重载配置"])
     help_command: list[str] = Field(default_factory=lambda: ["帮助"])
+    stop_command: list[str] = Field(default_factory=lambda: ["停止", "/stop"])
     allowed_models: list[str] = Field(default_factory=list)
     allow_switching_ai: bool = True
 
@@ -206,6 +209,8 @@ class ResponseSettings(Section):
     forward_threshold: int = Field(2000, ge=0)
     font_path: str = ""
     help_header: str = "你可以使用这些命令："
+    stopped: str = "好的，已停止回答。"
+    nothing_to_stop: str = "现在没有正在进行的回答。"
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -61,7 +61,19 @@ class ActionFailedError(AdapterError):
 
 
 class LLMError(BotError):
-    """Every configured model account failed for one request."""
+    """A model request failed; `kind` names the failure (see llm.base.FailureKind), `detail` is short and secret-free.
+
+    `partial` is set when part of the answer had already been streamed out to the caller.
+    """
+
+    def __init__(
+        self, kind: str = "server", detail: str = "", status: int | None = None, *, partial: bool = False
+    ) -> None:
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.partial = partial
+        super().__init__(f"LLM request failed ({kind}{': ' + detail if detail else ''})")
 
 
 class StorageError(BotError):

@@ -10,8 +10,10 @@ from core.config import OpenAISettings
 from core.errors import LLMError
 
 Role = Literal["system", "user", "assistant"]
+# "empty": HTTP 200 without any answer text; "context_length" also covers a 200 with an empty stream,
+# which is how llama.cpp and some proxies report a prompt over the context window.
 FailureKind = Literal[
-    "auth", "rate_limit", "timeout", "network", "server", "bad_request", "context_length", "unsupported"
+    "auth", "rate_limit", "timeout", "network", "server", "bad_request", "context_length", "unsupported", "empty"
 ]
 # Receives the reply text piece by piece while it streams. Reasoning (`reasoning_content`) arrives
 # wrapped in <think>...</think>, the same form DeepSeek-R1 style models put in their content.
@@ -45,11 +47,8 @@ class AllAccountsFailed(LLMError):
     def __init__(
         self, kind: FailureKind, detail: str = "", status: int | None = None, *, partial: bool = False
     ) -> None:
+        super().__init__(kind, detail, status, partial=partial)
         self.kind: FailureKind = kind
-        self.detail = detail
-        self.status = status
-        self.partial = partial  # part of the answer had already been streamed out
-        super().__init__(f"LLM request failed ({kind}{': ' + detail if detail else ''})")
 
 
 @dataclass(frozen=True, slots=True)

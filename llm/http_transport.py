@@ -89,11 +89,13 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector: aiohttp.TCPConnector
+            # limit=0: no connection cap here. aiohttp's default of 100 silently queued a burst behind
+            # the hundredth request; how many run at once is the account pool's `max_concurrency`.
             if self._socks is not None:
                 url, rdns = self._socks
-                connector = aiohttp_socks.ProxyConnector.from_url(url, rdns=rdns, limit=100, ttl_dns_cache=300)
+                connector = aiohttp_socks.ProxyConnector.from_url(url, rdns=rdns, limit=0, ttl_dns_cache=300)
             else:
-                connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=300)
+                connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False, connector=connector)
         return self._session
 

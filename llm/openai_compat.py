@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat backend: accounts in turn, retries with backoff, failover, bad keys disabled."""
+"""OpenAI-compatible chat backend: builds requests, calls the openai SDK, streams, sorts its failures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,60 +20,35 @@ from pydantic import SecretStr
 from core.backoff import Backoff
 from core.config import DEFAULT_ENDPOINT, OpenAISettings
 from core.log import MIN_SECRET_LENGTH, REDACTED, redact
-from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, DrawnImage, FailureKind, LLMReply
+from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, DrawnImage, LLMReply
 from llm.http_transport import AiohttpTransport
+from llm.pool import (
+    REQUEST_FAULT_STATUSES,
+    RETRY_AFTER_CAP,
+    Account,
+    AccountPool,
+    Delivery,
+    Failure,
+    default_backoff,
+)
 
 log = logger.bind(adapter="llm")
 
-RETRY_AFTER_CAP = 20.0  # the longest a request waits in place for a rate-limited account
-RATE_LIMIT_COOL_DEFAULT = 20.0  # cool-down after a 429 without Retry-After
-RATE_LIMIT_COOL_MAX = 600.0
-COOL_MIN = 10.0  # cool-down after an account failed a request, doubling per failure in a row
-COOL_MAX = 300.0
-# Providers word "context too long" differently; the status is 400 (or 413) for all of them.
+# Providers word "context too long" differently: OpenAI, DeepSeek and vLLM ("maximum context length"),
+# llama.cpp ("exceeds the available context size"), Ollama ("exceeds ... context length"), DashScope
+# ("Range of input length should be"), others ("reduce the length", "too many tokens").
 _CONTEXT_ERROR = re.compile(
-    r"context.length|context window|maximum context|reduce the length|too many tokens|token limit|"
-    r"input is too long|prompt is too long|range of input length|超出.*(长度|上下文)",
+    r"context.length|context window|maximum context|context size|exceeds? (the )?(max\w* )?context|"
+    r"reduce the length|too many tokens|token limit|input is too long|prompt is too long|"
+    r"range of input length|超出.*(长度|上下文)",
     re.IGNORECASE,
 )
-# statuses that say the request itself is wrong: no other account would accept it either
-REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
-_RETRYABLE: frozenset[FailureKind] = frozenset({"rate_limit", "timeout", "network", "server"})
+# statuses a context overflow arrives with: 400/413/422 mostly, 500 from older llama.cpp servers
+_CONTEXT_STATUSES = REQUEST_FAULT_STATUSES | {500}
 # the SDK refuses an empty key, but local servers (Ollama, vLLM) need none: send a placeholder
 _NO_KEY = "no-key"
-
-
-def default_backoff() -> Backoff:
-    """The retry schedule for one account within one request."""
-    return Backoff(min_delay=0.5, max_delay=8.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """What went wrong in one attempt, sorted so the retry loop can decide what to do."""
-
-    kind: FailureKind
-    status: int | None = None
-    retry_after: float | None = None
-    detail: str = ""  # short and free of secrets; safe for the log
-    provider_message: str = ""  # the provider's error text, for the log only (never for auth errors)
-
-    @property
-    def retryable(self) -> bool:
-        """Worth another attempt on the same account."""
-        return self.kind in _RETRYABLE
-
-    @property
-    def request_fault(self) -> bool:
-        """The request itself was refused (e.g. context too long): no other account would take it."""
-        return self.kind == "bad_request" and self.status in REQUEST_FAULT_STATUSES
-
-    @property
-    def short(self) -> str:
-        """A few words for logs and for AllAccountsFailed."""
-        if self.status is not None:
-            return f"HTTP {self.status}"
-        return self.detail or self.kind
+# --check: a 404 almost always means the base URL lacks its /v1
+_CHECK_404 = "接口地址通常应以 /v1 结尾 (endpoint should usually end in /v1)"
 
 
 def _provider_message(exc: openai.APIStatusError) -> str:
@@ -82,9 +57,9 @@ def _provider_message(exc: openai.APIStatusError) -> str:
     return " ".join(message.split())[:200] if isinstance(message, str) else ""
 
 
-def _scrubbed(text: str, account: _Account) -> str:
+def _scrubbed(text: str, account: Account) -> str:
     """Provider text for the log: some providers echo the key in any error, not only in a 401."""
-    key = account.api_key.get_secret_value()
+    key = account.api_key.get_secret_value() if isinstance(account, _Account) else ""
     if len(key) >= MIN_SECRET_LENGTH:
         text = text.replace(key, REDACTED)
     return redact(text)
@@ -119,12 +94,13 @@ def _choice_field(data: object, field: str) -> object:
     return first.get(field) if isinstance(first, dict) else None
 
 
-class TruncatedStreamError(Exception):
-    """The stream ended without a finish_reason: the answer was cut off."""
+class EmptyStreamError(Exception):
+    """The provider answered 200 with a stream holding no text at all: how llama.cpp and some proxies
+    report a prompt over the context window."""
 
 
 class EmptyReplyError(Exception):
-    """The provider answered 200 but without any text."""
+    """The provider answered 200 but without any answer text."""
 
 
 class ClientSetupError(Exception):
@@ -152,11 +128,11 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
 def classify(exc: BaseException) -> Failure:
     """Sort an exception from one attempt into a Failure (a pure function: no I/O, no state)."""
     if isinstance(exc, EmptyReplyError):
-        return Failure("server", detail="empty reply")
-    if isinstance(exc, TruncatedStreamError):
-        return Failure("network", detail="stream ended early")
+        return Failure("empty", detail="empty reply")
+    if isinstance(exc, EmptyStreamError):
+        return Failure("context_length", detail="empty stream")
     if isinstance(exc, ClientSetupError):
-        return Failure("network", detail=str(exc))
+        return Failure("network", detail=str(exc), broken_account=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if status in (401, 403):
@@ -164,7 +140,7 @@ def classify(exc: BaseException) -> Failure:
             return Failure("auth", status)
         message = _provider_message(exc)
         code = exc.body.get("code") if isinstance(exc.body, dict) else None
-        if status in REQUEST_FAULT_STATUSES and (code == "context_length_exceeded" or _CONTEXT_ERROR.search(message)):
+        if status in _CONTEXT_STATUSES and (code == "context_length_exceeded" or _CONTEXT_ERROR.search(message)):
             return Failure("context_length", status, provider_message=message)
         wait = retry_after_seconds(exc.response.headers)
         if status == 429:
@@ -174,6 +150,12 @@ def classify(exc: BaseException) -> Failure:
         if status >= 500:  # a 503 may carry Retry-After too
             return Failure("server", status, retry_after=wait, provider_message=message)
         return Failure("bad_request", status, provider_message=message)
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
+        # an error event inside a 200 stream (llama.cpp reports the context overflow this way)
+        message = " ".join(str(exc.message).split())[:200]
+        if _CONTEXT_ERROR.search(message):
+            return Failure("context_length", detail="error in stream", provider_message=message)
+        return Failure("server", detail="error in stream", provider_message=message)
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException | TimeoutError):
         return Failure("timeout", detail="timed out")
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError | OSError):
@@ -182,54 +164,21 @@ def classify(exc: BaseException) -> Failure:
     return Failure("server", detail=type(exc).__name__)
 
 
-@dataclass(slots=True)
-class _Account:
-    """One configured account with its lazily built client and whether it is still usable."""
+@dataclass(slots=True, eq=False)
+class _Account(Account):
+    """An account with its OpenAI-compatible connection settings and its lazily built client."""
 
-    name: str
-    endpoint: str
-    model: str
-    proxy: str
-    api_key: SecretStr
-    models: tuple[str, ...] = ()
-    vision: bool = False
-    image_model: str = ""
+    endpoint: str = DEFAULT_ENDPOINT
+    proxy: str = ""
+    api_key: SecretStr = field(default_factory=lambda: SecretStr(""))
     client: openai.AsyncOpenAI | None = None
-    disabled: FailureKind | None = None  # why it was taken out of service, for the process lifetime
-    cooling_until: float = 0.0  # monotonic time before which other accounts are tried first
-    strikes: int = 0  # requests failed in a row
-
-    def serves(self, model: str) -> bool:
-        """The account names `model` as its default or in its `models` list."""
-        return model == self.model or model in self.models
-
-    def cool_down(self, seconds: float) -> None:
-        self.cooling_until = max(self.cooling_until, time.monotonic() + seconds)
-
-
-@dataclass(slots=True)
-class _Delivery:
-    """Hands streamed text to the caller and remembers that it did (no failover after that)."""
-
-    sink: DeltaSink | None
-    delivered: bool = False
-
-    async def emit(self, text: str) -> None:
-        if self.sink is not None and text:
-            self.delivered = True
-            await self.sink(text)
 
 
 class OpenAICompatible:
     """A ChatModel over `openai.AsyncOpenAI`, one client per `[[openai.accounts]]` entry.
 
-    Each request starts at the next ready account (round robin) and fails over to the others.
-    Accounts that just failed cool down: other accounts are tried first until the cool-down ends.
-    Per account: 5xx is retried with capped backoff (`max_retries`); a 429 cools the account for
-    its Retry-After and moves on (waiting in place only when no other account is ready); a
-    timeout or refused connection moves on at once when another account is ready; 401/403
-    disables the account until the settings are reloaded (`reload`) or the bot restarts; a 400 is
-    the request's fault and fails it at once.
+    Choosing accounts, retries, failover, cool-downs and concurrency are the AccountPool's
+    (llm/pool.py); this class builds the requests, calls the SDK and sorts its exceptions.
     """
 
     def __init__(
@@ -239,16 +188,19 @@ class OpenAICompatible:
         backoff_factory: Callable[[], Backoff] = default_backoff,
         retry_after_cap: float = RETRY_AFTER_CAP,
     ) -> None:
-        self._backoff_factory = backoff_factory
-        self._retry_after_cap = retry_after_cap
+        self._pool = AccountPool(
+            attempt=self._attempt,
+            classify=classify,
+            scrub=_scrubbed,
+            backoff_factory=backoff_factory,
+            retry_after_cap=retry_after_cap,
+        )
         self._configure(settings)
         self._retired: list[openai.AsyncOpenAI] = []
-        self._cursor = 0
         self._draw_cursor = 0
 
     def _configure(self, settings: OpenAISettings) -> None:
         self._params = settings.gpt_params
-        self._attempts = settings.max_retries + 1
         self._image_size = settings.image_size
         # the same defaults as core.config.validate fills in, for settings built without it
         self._accounts = [
@@ -261,9 +213,11 @@ class OpenAICompatible:
                 models=tuple(account.models),
                 vision=account.vision,
                 image_model=account.image_model,
+                max_concurrency=account.max_concurrency,
             )
             for i, account in enumerate(settings.accounts)
         ]
+        self._pool.configure(self._accounts, settings.max_retries + 1)
 
     def reload(self, settings: OpenAISettings) -> None:
         """Use new account settings: disabled keys get another chance, cool-downs start over."""
@@ -307,28 +261,7 @@ class OpenAICompatible:
         every account failed; at once with kind "bad_request" / "context_length" when the provider
         rejects the request itself; with `partial` set when text had already gone to `on_delta`.
         """
-        delivery = _Delivery(on_delta)
-        last: Failure | None = None
-        order = self._order(account, model)
-        for index, candidate in enumerate(order):
-            if candidate.disabled:  # another request may have disabled it meanwhile
-                continue
-            now = time.monotonic()
-            others_ready = any(not a.disabled and a.cooling_until <= now for a in order[index + 1 :])
-            use_model = model or candidate.model
-            outcome = await self._try_account(candidate, turns, use_model, delivery, others_ready)
-            if isinstance(outcome, str):
-                return LLMReply(outcome, candidate.name, use_model)
-            last = outcome
-            if delivery.delivered:
-                raise AllAccountsFailed(outcome.kind, outcome.short, outcome.status, partial=True)
-            if outcome.kind == "context_length" or outcome.request_fault:
-                raise AllAccountsFailed(outcome.kind, outcome.short, outcome.status)
-        if last is None:
-            reasons = {a.disabled for a in self._accounts}
-            kind: FailureKind = "network" if reasons == {"network"} else "auth"
-            raise AllAccountsFailed(kind, "no usable account")
-        raise AllAccountsFailed(last.kind, last.short, last.status)
+        return await self._pool.complete(turns, model=model, account=account, on_delta=on_delta)
 
     async def draw(self, prompt: str) -> DrawnImage:
         """One picture from the images API of an account with `image_model`, failing over between them."""
@@ -352,8 +285,8 @@ class OpenAICompatible:
                 raise EmptyReplyError
             except Exception as exc:  # every failure is sorted, logged and ends in failover
                 last = classify(exc)
-            if last.kind == "auth":
-                self._disable(account, last)
+            if last.kind == "auth" or last.broken_account:
+                self._pool.disable(account, last)
             else:
                 log.warning(f"account {account.name} could not draw: {last.kind} {last.short}")
             if last.request_fault:  # e.g. a prompt refused by the safety system: another account would refuse it too
@@ -378,102 +311,10 @@ class OpenAICompatible:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _order(self, preferred: str | None, model: str | None) -> list[_Account]:
-        """The accounts to try: the preferred one, then those naming `model`, ready before cooling."""
-        usable = [a for a in self._accounts if not a.disabled]
-        if not usable:
-            return []
-        now = time.monotonic()
-        ready = [a for a in usable if a.cooling_until <= now]
-        cooling = sorted((a for a in usable if a.cooling_until > now), key=lambda a: a.cooling_until)
-        first = next((a for a in usable if a.name == preferred), None) if preferred else None
-        if ready and first is None:
-            # a pinned request does not move the cursor, so unpinned traffic stays evenly spread
-            start = self._cursor % len(ready)
-            self._cursor = start + 1
-            ready = ready[start:] + ready[:start]
-        order = ready + cooling
-        if model:
-            order = [a for a in order if a.serves(model)] + [a for a in order if not a.serves(model)]
-        if first is not None:
-            order = [first, *(a for a in order if a is not first)]
-        return order
-
-    async def _try_account(
-        self, account: _Account, turns: Sequence[ChatTurn], model: str, delivery: _Delivery, others_ready: bool
-    ) -> str | Failure:
-        """The reply text, or the Failure that ended this account's part in the request."""
-        try:
-            client = self._client(account)
-        except ClientSetupError as exc:
-            failure = classify(exc)
-            self._disable(account, failure)
-            return failure
-        messages = _messages(turns, account.vision)
-        backoff = self._backoff_factory()
-        failure = Failure("server")
-        for attempt in range(1, self._attempts + 1):
-            try:
-                text = await self._request(client, messages, model, delivery)
-                account.strikes, account.cooling_until = 0, 0.0
-                return text
-            except Exception as exc:  # any provider surprise must end as AllAccountsFailed
-                failure = classify(exc)
-            if failure.kind == "auth":
-                self._disable(account, failure)
-                return failure
-            wait: float | None = None
-            if delivery.delivered:
-                then = "part of the answer was already sent"
-            elif failure.kind == "context_length" or failure.request_fault:
-                then = "the request itself was refused"
-            elif failure.kind == "rate_limit":
-                cool = min(failure.retry_after or RATE_LIMIT_COOL_DEFAULT, RATE_LIMIT_COOL_MAX)
-                account.cool_down(cool)
-                if others_ready or attempt == self._attempts or cool > self._retry_after_cap:
-                    then = f"cooling down for {cool:g} s"
-                else:
-                    wait = self._delay(failure, backoff)
-                    then = f"no other account is ready; retrying in {wait:.2f} s"
-            elif not failure.retryable:
-                then = "trying the next account"
-            elif attempt == self._attempts or (others_ready and failure.kind in ("timeout", "network")):
-                # a slow or unreachable account must not hold up an answer another account can give
-                self._cool(account)
-                then = "trying the next account"
-            else:
-                wait = self._delay(failure, backoff)
-                then = f"retrying in {wait:.2f} s"
-            said = f" ({_scrubbed(failure.provider_message, account)})" if failure.provider_message else ""
-            # f-strings, not loguru arguments: a "{" in an account name must not be formatted
-            log.warning(
-                f"account {account.name} failed: {failure.kind} {failure.short}{said} "
-                f"(attempt {attempt}/{self._attempts}); {then}"
-            )
-            if wait is None:
-                return failure
-            await asyncio.sleep(wait)
-        return failure
-
-    def _cool(self, account: _Account) -> None:
-        account.strikes += 1
-        account.cool_down(min(COOL_MAX, COOL_MIN * 2 ** min(account.strikes - 1, 16)))
-
-    def _delay(self, failure: Failure, backoff: Backoff) -> float:
-        if failure.retry_after is not None:
-            return min(failure.retry_after, self._retry_after_cap)
-        return backoff.next_delay()
-
-    def _disable(self, account: _Account, failure: Failure) -> None:
-        if account.disabled:  # concurrent requests may all see the same 401: log it once
-            return
-        account.disabled = failure.kind
-        if failure.kind == "auth":
-            log.error(
-                f"account {account.name} rejected its API key ({failure.short}); disabled until the config is reloaded"
-            )
-        else:
-            log.error(f"account {account.name}: {failure.detail}; disabled until restart")
+    async def _attempt(self, account: Account, turns: Sequence[ChatTurn], model: str, delivery: Delivery) -> str:
+        """One request on `account` (the pool's Attempt); raises for the classifier."""
+        assert isinstance(account, _Account)
+        return await self._request(self._client(account), _messages(turns, account.vision), model, delivery)
 
     def _client(self, account: _Account) -> openai.AsyncOpenAI:
         """The account's client, built on first use (building one costs about 0.1 s)."""
@@ -497,9 +338,9 @@ class OpenAICompatible:
         return account.client
 
     async def _request(
-        self, client: openai.AsyncOpenAI, messages: list[dict[str, Any]], model: str, delivery: _Delivery
+        self, client: openai.AsyncOpenAI, messages: list[dict[str, Any]], model: str, delivery: Delivery
     ) -> str:
-        """One chat completion call; the whole reply text. Raises EmptyReplyError or SDK errors.
+        """One chat completion call; the whole reply text. Raises EmptyReplyError, EmptyStreamError or SDK errors.
 
         `client.post` with a plain dict body, not `chat.completions.create`: create() runs every
         history turn through the SDK's typed-dict transform, which cost ~0.14 ms of CPU per turn
@@ -526,10 +367,9 @@ class OpenAICompatible:
             stream = await client.post(
                 "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
             )
-            thinking = finished = False
+            thinking = False
             async with stream:
                 async for chunk in stream:
-                    finished = finished or bool(_choice_field(chunk, "finish_reason"))
                     reasoning = _choice_content(chunk, "delta", "reasoning_content")
                     content = _choice_content(chunk, "delta")
                     piece = ""
@@ -542,9 +382,11 @@ class OpenAICompatible:
                     if piece:
                         parts.append(piece)
                         await delivery.emit(piece)
-            if not finished:
-                # a dropped connection can end the body cleanly: only finish_reason says the answer is whole
-                raise TruncatedStreamError
+            # A stream that ends cleanly ([DONE] or a complete body) after text is a whole answer even
+            # without finish_reason (llama.cpp and some proxies omit it); a dropped connection ends in a
+            # read error instead. No text at all is how llama.cpp answers a prompt over its context.
+            if not parts:
+                raise EmptyStreamError
             if thinking:
                 parts.append("\n</think>\n\n")
                 await delivery.emit(parts[-1])
@@ -561,13 +403,15 @@ class OpenAICompatible:
 
     async def _check_one(self, account: _Account) -> tuple[str, bool, str]:
         started = time.perf_counter()
+        # one token is enough to prove the key, the endpoint and the model work, and costs nothing
+        body = {"model": account.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
         try:
             client = self._client(account)
-            await client.chat.completions.create(
-                model=account.model, messages=[{"role": "user", "content": "ping"}], stream=False
-            )
+            await client.post("/chat/completions", body=body, cast_to=object)
         except Exception as exc:  # a check reports every failure, it never raises
             failure = classify(exc)
+            if failure.status == 404:
+                return account.name, False, f"{failure.kind}: {failure.short}: {_CHECK_404}"
             return account.name, False, f"{failure.kind}: {failure.short}"
         elapsed_ms = (time.perf_counter() - started) * 1000
         return account.name, True, f"{account.model} answered in {elapsed_ms:.0f} ms"

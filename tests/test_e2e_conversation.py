@@ -162,6 +162,26 @@ async def test_help_lists_what_the_sender_may_use(launch: Any, fake_llm: FakeOpe
     assert fake_llm.requests == []  # commands never reach the model
 
 
+async def test_help_lists_only_commands_that_work_with_this_config(launch: Any, fake_llm: FakeOpenAI) -> None:
+    # one account with one model and no image_model: nothing to draw with, nowhere to switch to
+    chat = await launch()
+    [user_help] = await chat.private("帮助")
+    assert "画 <描述>" not in user_help and "切换模型" not in user_help
+    assert "停止：停止正在进行的回答" in user_help and "ping：" in user_help and "切换AI" in user_help
+    [admin_help] = await chat.private("帮助", user=ADMIN)
+    assert "切换模型" in admin_help and "画 <描述>" not in admin_help
+    account = {"name": "main", "api_key": "sk-test-1", "api_endpoint": fake_llm.base_url, "model": "m1"}
+    drawing = await launch(
+        {
+            "openai": {"accounts": [{**account, "image_model": "dall-e-3"}]},
+            "trigger": {"allowed_models": ["m1", "m2"], "prefix_image": ["绘制"]},
+        }
+    )
+    [user_help] = await drawing.private("帮助")
+    assert "绘制 <描述>：画一张图" in user_help and "切换模型 <模型>（/model）：m1、m2" in user_help
+    assert fake_llm.requests == []
+
+
 async def test_admin_commands_are_silent_for_others(launch: Any, fake_llm: FakeOpenAI) -> None:
     chat = await launch()
     for command in (".状态", ".预设列表", ".拉黑 123", ".设置 好友 默认 额度为 1 条/小时", ".重新加载配置文件"):

@@ -203,3 +203,34 @@ async def test_socks_proxy_that_never_answers_is_a_connect_timeout() -> None:
         for writer in accepted:
             writer.close()
         await server.wait_closed()
+
+
+async def test_no_hidden_connection_cap_below_the_pools_concurrency() -> None:
+    """aiohttp's default connector queued everything past 100 connections; 150 must all be in flight."""
+    wanted = 150
+    arrived = 0
+    all_in = asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal arrived
+        arrived += 1
+        if arrived == wanted:
+            all_in.set()
+        await all_in.wait()  # answers only once every request is at the server at the same time
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    # the client the backend builds: the SDK's httpx2 subclass around our transport
+    client = openai.DefaultAsyncHttpxClient(transport=AiohttpTransport(), timeout=10)
+    try:
+        url = f"http://127.0.0.1:{site.port}/held"
+        responses = await asyncio.wait_for(asyncio.gather(*(client.get(url) for _ in range(wanted))), 10)
+        assert [r.text for r in responses] == ["ok"] * wanted
+    finally:
+        await client.aclose()
+        await runner.cleanup()

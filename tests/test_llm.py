@@ -318,15 +318,16 @@ async def test_connection_refused_fails_over(fake: FakeOpenAI, backend: Factory)
 
 
 @pytest.mark.asyncio
-async def test_empty_reply_is_a_retryable_server_error(fake: FakeOpenAI, backend: Factory) -> None:
+async def test_empty_non_stream_reply_is_its_own_kind_and_fails_over(fake: FakeOpenAI, backend: Factory) -> None:
     answers = iter(["", "  ", "finally"])
     fake.reply_fn = lambda body: next(answers)
-    reply = await backend(stream=True).complete(HELLO)
+    reply = await backend(("k1", "k2", "k3"), stream=False).complete(HELLO)
     assert reply.text == "finally"
+    assert fake.authorizations() == ["k1", "k2", "k3"]
     fake.reply_fn = lambda body: ""
     with pytest.raises(AllAccountsFailed) as caught:
         await backend(stream=False).complete(HELLO)
-    assert caught.value.kind == "server"
+    assert caught.value.kind == "empty"
 
 
 # --- account choice --------------------------------------------------------------------------------
@@ -415,6 +416,22 @@ async def test_check_reports_each_account(fake: FakeOpenAI, backend: Factory) ->
     assert "m1" in results[0][2]
     assert results[1][2] == "auth: HTTP 401"
     assert [r["body"]["messages"] for r in fake.requests] == [[{"role": "user", "content": "ping"}]] * 2
+    # one token proves the account works; a looping model must not run until its context is full
+    assert [r["body"]["max_tokens"] for r in fake.requests] == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_check_explains_a_404_from_an_endpoint_without_v1(fake: FakeOpenAI) -> None:
+    settings = make_settings(fake.base_url.removesuffix("/v1"))
+    model = OpenAICompatible(settings)
+    try:
+        [(name, ok, detail)] = await model.check()
+    finally:
+        await model.close()
+    assert (name, ok) == ("acc1", False)
+    assert detail.startswith("bad_request: HTTP 404: 接口地址通常应以 /v1 结尾")
+    assert "endpoint should usually end in /v1" in detail
+    assert fake.requests == []  # the fake only answers under /v1
 
 
 # --- pure helpers ----------------------------------------------------------------------------------

@@ -118,14 +118,16 @@ async def test_images_become_parts_only_for_vision_accounts(fake: FakeOpenAI, ba
         ]
     )
     await model.complete(turns)
+    assert model.vision_available
+    fake.fail_key("k1", 401)  # with the vision account gone, the other one still answers the text
     await model.complete(turns)
-    with_eyes, blind = (r["body"]["messages"][-1]["content"] for r in fake.requests)
+    with_eyes, _, blind = (r["body"]["messages"][-1]["content"] for r in fake.requests)
     assert with_eyes == [
         {"type": "text", "text": "这是什么[图片]"},
         {"type": "image_url", "image_url": {"url": PNG_DATA_URL}},
     ]
     assert blind == "这是什么[图片]"
-    assert model.vision_available
+    assert not model.vision_available
 
 
 async def test_model_override_prefers_accounts_that_name_it(fake: FakeOpenAI, backend: Factory) -> None:
@@ -173,3 +175,86 @@ async def test_no_drawing_account_is_unsupported(fake: FakeOpenAI, backend: Fact
     with pytest.raises(AllAccountsFailed) as caught:
         await backend().draw("猫")
     assert caught.value.kind == "unsupported" and fake.image_requests == []
+
+
+# --- how streams end and how context overflows are worded --------------------------------------------
+
+
+async def test_stream_ending_with_done_but_no_finish_reason_is_a_whole_answer(
+    fake: FakeOpenAI, backend: Factory
+) -> None:
+    fake.finish_reason = False
+    reply = await backend(("k1", "k2"), stream=True).complete(HELLO)
+    assert reply.text == "echo: hello"
+    assert fake.authorizations() == ["k1"]
+
+
+async def test_stream_closing_cleanly_without_done_or_finish_reason_is_a_whole_answer(
+    fake: FakeOpenAI, backend: Factory
+) -> None:
+    fake.finish_reason = False
+    fake.send_done = False
+    reply = await backend(stream=True).complete(HELLO)
+    assert reply.text == "echo: hello"
+
+
+async def test_empty_200_stream_is_context_length_and_not_failed_over(fake: FakeOpenAI, backend: Factory) -> None:
+    fake.reply_fn = lambda body: ""
+    with pytest.raises(AllAccountsFailed) as caught:
+        await backend(("k1", "k2"), stream=True).complete(HELLO)
+    assert caught.value.kind == "context_length"
+    assert caught.value.partial is False
+    assert fake.authorizations() == ["k1"]  # the caller retries with a smaller window instead
+
+
+async def test_empty_200_non_stream_answer_is_empty(fake: FakeOpenAI, backend: Factory) -> None:
+    fake.reply_fn = lambda body: ""
+    with pytest.raises(AllAccountsFailed) as caught:
+        await backend(stream=False, max_retries=0).complete(HELLO)
+    assert caught.value.kind == "empty"
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        # OpenAI
+        (400, "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."),
+        # llama.cpp server, new and old wordings
+        (400, "the request exceeds the available context size, try increasing it"),
+        (500, "the request exceeds the available context size, try increasing it"),
+        (400, "request (2065 tokens) exceeds the available context size (2048 tokens), try increasing it"),
+        # vLLM
+        (400, "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens."),
+        # Ollama
+        (400, "the input length exceeds the context length"),
+        # DashScope (Qwen)
+        (400, "Range of input length should be [1, 30720]"),
+        # DeepSeek
+        (400, "This model's maximum context length is 65536 tokens. However, you requested 70000 tokens."),
+    ],
+)
+async def test_provider_context_overflow_wordings_are_context_length(
+    fake: FakeOpenAI, backend: Factory, status: int, message: str
+) -> None:
+    fake.fail_next(status, message=message)
+    with pytest.raises(AllAccountsFailed) as caught:
+        await backend(("k1", "k2"), stream=True).complete(HELLO)
+    assert caught.value.kind == "context_length"
+    assert fake.authorizations() == ["k1"]
+
+
+async def test_context_overflow_reported_inside_a_200_stream_is_context_length(
+    fake: FakeOpenAI, backend: Factory
+) -> None:
+    fake.stream_error = "the request exceeds the available context size, try increasing it"
+    with pytest.raises(AllAccountsFailed) as caught:
+        await backend(("k1", "k2"), stream=True).complete(HELLO)
+    assert caught.value.kind == "context_length"
+    assert fake.authorizations() == ["k1"]
+
+
+async def test_other_500_is_still_a_server_error(fake: FakeOpenAI, backend: Factory) -> None:
+    fake.fail_next(500, times=3, message="CUDA out of memory")
+    with pytest.raises(AllAccountsFailed) as caught:
+        await backend(max_retries=2).complete(HELLO)
+    assert caught.value.kind == "server"

@@ -21,9 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def test_console_chats_through_the_same_pipeline(write_config: Callable[..., Path], fake_llm: FakeOpenAI) -> None:
     process = await spawn_bot(write_config(), "--console")
-    stdout, stderr = await asyncio.wait_for(process.communicate("你好\n重置会话\nexit\n".encode()), 30)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("你好\n".encode())
+    answer = b""
+    while b"echo: " not in answer:  # reset would cancel a running answer: wait for this one first
+        answer += await asyncio.wait_for(process.stdout.readline(), 30)
+    stdout, stderr = await asyncio.wait_for(process.communicate("重置会话\nexit\n".encode()), 30)
     assert process.returncode == 0, stderr.decode()
-    out = stdout.decode()
+    out = (answer + stdout).decode()
     assert "echo: 你好" in out and "会话已重置。" in out
     assert fake_llm.requests[0]["body"]["messages"][-1] == {"role": "user", "content": "你好"}
 

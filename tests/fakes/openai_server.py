@@ -32,6 +32,7 @@ class _Plan:
 
     status: int
     retry_after: float | None = None
+    message: str = ""  # the error's message; a generic one when empty
 
 
 def _text_of(content: Any) -> str:
@@ -58,6 +59,10 @@ class FakeOpenAI:
     by the next requests in order; `fail_key(api_key, status)` makes one key always fail (checked
     first, like a real server checks auth first); `latency` delays every answer; `reply_fn(body)`
     computes the reply text. Every request is appended to `requests` unless `record` is false.
+    Streams: `finish_reason=False` leaves out the finishing chunk (llama.cpp, some proxies),
+    `send_done=False` ends the body cleanly without `[DONE]`, `stream_error` sends an error event
+    instead of an answer (how llama.cpp reports a prompt over its context). `in_flight` and
+    `peak_in_flight` count requests being answered at once.
     """
 
     def __init__(self, *, latency: float = 0.0, reply_fn: ReplyFn = echo_last_user, chunk_chars: int = 8) -> None:
@@ -69,6 +74,11 @@ class FakeOpenAI:
         self.reasoning = ""  # sent as `reasoning_content` before the answer (DeepSeek-R1 style)
         self.break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
         self.model_latency: dict[str, float] = {}  # extra latency per requested model (a slow account)
+        self.finish_reason = True  # send the finishing chunk with finish_reason "stop"
+        self.send_done = True  # end a stream with `data: [DONE]`
+        self.stream_error = ""  # when set: a 200 stream holding only this error event
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.image_requests: list[dict[str, Any]] = []
         self.image_format = "b64_json"  # or "url": how /images/generations answers
         self.record = True  # benchmarks turn this off so memory stays flat
@@ -82,9 +92,9 @@ class FakeOpenAI:
 
     # --- scripting -----------------------------------------------------------------------------
 
-    def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
-        """Answer the next `times` requests with `status` (and a Retry-After header when given)."""
-        self._plans.extend(_Plan(status, retry_after) for _ in range(times))
+    def fail_next(self, status: int, times: int = 1, retry_after: float | None = None, message: str = "") -> None:
+        """Answer the next `times` requests with `status` (a Retry-After header and `message` when given)."""
+        self._plans.extend(_Plan(status, retry_after, message) for _ in range(times))
 
     def hang_next(self, times: int = 1) -> None:
         """Never answer the next `times` requests (until the client gives up or the server stops)."""
@@ -146,7 +156,7 @@ class FakeOpenAI:
             if plan.status == 0:
                 await self._stopping.wait()
                 return _error(503, "The server is shutting down.")
-            return _error(plan.status, f"Planned failure {plan.status}.", plan.retry_after)
+            return _error(plan.status, plan.message or f"Planned failure {plan.status}.", plan.retry_after)
 
         if self.context_limit is not None:
             size = sum(len(_text_of(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
@@ -156,8 +166,13 @@ class FakeOpenAI:
                 )
                 return _error(400, message, code="context_length_exceeded")
         delay = self.latency + self.model_latency.get(str(body["model"]), 0.0)
-        if delay:
-            await asyncio.sleep(delay)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            self.in_flight -= 1
         text = self.reply_fn(body)
         self._counter += 1
         ident = f"chatcmpl-fake{self._counter}"
@@ -190,15 +205,21 @@ class FakeOpenAI:
             for i in range(0, len(self.reasoning), step)
         ]
         frames += [chunk({"content": text[i : i + step]}, None) for i in range(0, len(text), step)]
-        frames.append(chunk({}, "stop"))
+        if self.finish_reason:
+            frames.append(chunk({}, "stop"))
+        if self.stream_error:
+            error = {"error": {"message": self.stream_error, "type": "server_error", "code": 500}}
+            frames = [b"data: " + json.dumps(error).encode() + b"\n\n"]
         if self.break_stream_after is not None:
+            # a dropped connection: neither the rest of the answer nor [DONE] arrives
             frames = frames[: 1 + self.break_stream_after]
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        if isinstance(options, dict) and options.get("include_usage") and self.break_stream_after is None:
             usage = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
             usage |= {"choices": [], "usage": _usage(body["messages"], text)}
             frames.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
-        frames.append(b"data: [DONE]\n\n")
+        if self.send_done and self.break_stream_after is None:
+            frames.append(b"data: [DONE]\n\n")
 
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
-from conversation.job import FAILURE_REASONS, Job, failure_text
+from conversation.job import FAILURE_LOGS, FAILURE_REASONS, Job, failure_text
 from conversation.moderation import WordFilter
 from conversation.presets import PresetBook
 from conversation.sessions import SessionSettings
@@ -17,12 +18,15 @@ from core.config import Settings
 from core.errors import LLMError, StorageError
 from core.event import MessageEvent
 from core.message import Image, Message, Quote, Text, describe
-from core.tokens import estimate_tokens
-from llm.base import ChatModel, ChatTurn
+from core.tokens import Calibration, estimate_tokens
+from llm.base import ChatModel, ChatTurn, ReplyStopped
 from llm.images import ImageFetcher
 from storage.base import HistoryStore
 
 QUOTE_CONTEXT_CHARS = 300
+# Ends the stored text of an answer whose stream broke after parts of it reached the user, so the
+# model sees on "继续" that it was cut off (the history has no column for it).
+INTERRUPTED_MARK = "（回答中断）"
 
 # (job, text or message, quote the user's message?) -> sends it; returns when sent or queued
 Sender = Callable[[Job, "str | Message", bool], Awaitable[None]]
@@ -57,11 +61,8 @@ class ChatFlow:
         self.text_limit = text_limit
         self.words = words
         self.log = logger.bind(adapter="chat")
-        params = settings.openai.gpt_params
-        budget = params.max_tokens - params.min_tokens  # v2: the context minus room kept for the reply
-        if settings.conversation.max_history_tokens:
-            budget = min(budget, settings.conversation.max_history_tokens)
-        self.budget = max(0, budget)
+        # real tokens per estimated token, per model, learnt from the servers' reported usage
+        self.calibration = Calibration()
 
     def user_text(self, job: Job) -> str:
         """What is stored and sent as the user's turn: the prompt, with quoted text as context."""
@@ -100,7 +101,15 @@ class ChatFlow:
         urls = self.image_urls_in(job.event)
         if urls and self.model.vision_available:
             images = tuple(await self.images.fetch_all(urls))
-        budget = self.budget - estimate_tokens(user_text) - preset.tokens
+        # Estimates are scaled by the model's calibration: the window and the completion limit must
+        # fit the server's real context, which counts the server's tokens, not our estimate's.
+        params = self.settings.openai.gpt_params
+        ratio = self.calibration.ratio(state.model or self.model.default_model(state.account or None))
+        fixed = estimate_tokens(user_text) + preset.tokens
+        budget = int((params.max_tokens - params.min_tokens) / ratio)  # v2: the context minus room for the reply
+        if self.settings.conversation.max_history_tokens:
+            budget = min(budget, self.settings.conversation.max_history_tokens)
+        budget -= fixed
 
         async def save(text: str) -> bool:
             try:
@@ -119,7 +128,12 @@ class ChatFlow:
                 *(ChatTurn(t.role, t.content) for t in history),  # type: ignore[arg-type]
                 ChatTurn("user", user_text, images),
             ]
-            failure = await self._ask(job, turns, state.model or None, state.account or None, save)
+            estimated = fixed + sum(turn.tokens for turn in history)
+            # v2 sent the context minus the prompt as the completion limit; the backend applies the floor
+            limit = params.max_tokens - math.ceil(estimated * ratio)
+            failure = await self._ask(
+                job, turns, state.model or None, state.account or None, save, limit, 0 if images else estimated
+            )
             if failure != "context_length":
                 return
             if attempt == 2 or not history:
@@ -136,24 +150,48 @@ class ChatFlow:
         model: str | None,
         account: str | None,
         save: Callable[[str], Awaitable[bool]],
+        reply_limit: int | None = None,
+        estimated: int = 0,
     ) -> str | None:
         """Stream the answer out in parts and `save` it; the failure kind (after telling the user) or None.
 
         The answer is saved before its last part goes out, so a reply the user has seen in full is
         never missing from the history after a restart; when saving failed, that last part carries
         the not-saved notice. A context-length failure is not told: the caller retries with a
-        smaller window first.
+        smaller window first. An answer longer than `max_reply_chars` is cut there, its model call
+        stopped. When a stream breaks after parts reached the user, those parts are saved, marked.
+        `estimated` (the prompt's estimated tokens; 0 to skip) calibrates against reported usage.
         """
         response = self.settings.response
         stream = ParagraphStream(self.text_limit(job), min_chars=1, strip_think=not response.show_reasoning)
         # Parts go out early only as text; a picture or a forward message needs the whole answer.
         early = response.buffer_delay if response.mode == "text" else float("inf")
         outbox = _Outbox(self, job, early)
+        cap = response.max_reply_chars
+        fed = 0  # characters received, reasoning included: a cheap upper bound of the visible text
+        capped = False
 
         async def on_delta(piece: str) -> None:
-            await outbox.add(stream.feed(piece))
+            nonlocal fed, capped
+            fed += len(piece)
+            if not cap or fed <= cap:
+                await outbox.add(stream.feed(piece))
+                return
+            parts: list[str] = []
+            while piece:  # feed only up to the cap; reasoning (not visible) does not count
+                room = cap - len(stream.text)
+                if room <= 0:
+                    capped = True
+                    break
+                parts += stream.feed(piece[:room])
+                piece = piece[room:]
+            await outbox.add(parts)
+            if capped:
+                raise ReplyStopped  # stops the model call: a looping model must not run on
 
-        call = asyncio.ensure_future(self.model.complete(turns, model=model, account=account, on_delta=on_delta))
+        call = asyncio.ensure_future(
+            self.model.complete(turns, model=model, account=account, on_delta=on_delta, max_reply_tokens=reply_limit)
+        )
         try:
             done, _ = await asyncio.wait({call}, timeout=response.timeout)
             if not done and response.max_timeout > response.timeout:
@@ -161,20 +199,40 @@ class ChatFlow:
                     await self.send(job, response.timeout_format, True)
                 done, _ = await asyncio.wait({call}, timeout=response.max_timeout - response.timeout)
             if not done:
-                self.log.warning("gave up on session {} after {}s", job.session_key, response.max_timeout)
+                self.log.warning(
+                    "session {}: {}; gave up after {}s", job.session_key, FAILURE_LOGS["timeout"], response.max_timeout
+                )
+                if outbox.sent:
+                    await self._keep_partial(job, outbox, save, "the answer was given up")
                 await self.send(job, response.cancel_wait_too_long, not outbox.sent)
                 return "timeout"
-            call.result()
+            reply = call.result()
+            if estimated and reply.prompt_tokens:
+                ratio = self.calibration.observe(reply.model, estimated, reply.prompt_tokens)
+                self.log.debug(
+                    "model {}: {} prompt tokens, {} estimated; ratio now {:.2f}",
+                    reply.model,
+                    reply.prompt_tokens,
+                    estimated,
+                    ratio,
+                )
+        except ReplyStopped:
+            pass  # the answer reached max_reply_chars: what came so far is the answer, cut
         except LLMError as exc:
             kind = getattr(exc, "kind", "server")
-            self.log.error("no model answered session {}: {}", job.session_key, exc)
-            if kind == "context_length" and not getattr(exc, "partial", False):
+            partial = bool(getattr(exc, "partial", False))
+            shown = "interrupted" if partial else kind  # a broken stream, whatever broke it
+            self.log.error("session {}: {} ({})", job.session_key, FAILURE_LOGS.get(shown, FAILURE_LOGS["server"]), exc)
+            if kind == "context_length" and not partial:
                 return kind
             if outbox.sent:
-                reason = FAILURE_REASONS.get(kind, FAILURE_REASONS["server"])
+                await self._keep_partial(job, outbox, save, "the stream broke")
+                reason = FAILURE_REASONS.get(shown, FAILURE_REASONS["server"])
                 await self.send(job, response.interrupted.replace("{exc}", reason), False)
             else:
-                await self.send(job, failure_text(response.error_format, kind), True)
+                if partial:
+                    self.log.warning("session {}: no part of the answer had reached the user", job.session_key)
+                await self.send(job, failure_text(response.error_format, shown), True)
             return kind
         finally:
             # Also when this worker is cancelled at shutdown: the model call must not outlive it.
@@ -183,15 +241,36 @@ class ChatFlow:
         last_parts = stream.finish()
         text = stream.text.strip()
         if not text:  # only reasoning, or only whitespace
-            await self.send(job, failure_text(response.error_format, "server"), True)
-            return "server"
+            self.log.error("session {}: {} (no visible text)", job.session_key, FAILURE_LOGS["empty"])
+            await self.send(job, failure_text(response.error_format, "empty"), True)
+            return "empty"
         if outbox.refused or (self.refusing and self.words.found(text)):
             self.log.info("session {}: the answer contained a blocked word and was withheld", job.session_key)
             await self.send(job, self.settings.moderation.output_message, not outbox.sent)
             return "moderated"
-        saved = await save(self.words.mask(text))
-        await outbox.add(last_parts, final=True, note="" if saved else response.not_saved)
+        stored = self.words.mask(text)
+        if capped:
+            self.log.info("session {}: the answer reached {} characters and was cut", job.session_key, cap)
+            stored += "\n\n" + response.truncated
+        saved = await save(stored)
+        notes = [response.truncated] if capped else []
+        if not saved:
+            notes.append(response.not_saved)
+        await outbox.add(last_parts, final=True, note="\n".join(notes))
         return None
+
+    async def _keep_partial(self, job: Job, outbox: _Outbox, save: Callable[[str], Awaitable[bool]], what: str) -> None:
+        """Store the parts of an unfinished answer that reached the user, marked, so "继续" has context."""
+        sent = "\n\n".join(outbox.delivered)
+        saved = await save(f"{sent}\n\n{INTERRUPTED_MARK}")
+        self.log.warning(
+            "session {}: {} after {} message(s) with {} characters of the answer reached the user; {}",
+            job.session_key,
+            what,
+            outbox.sent,
+            sum(map(len, outbox.delivered)),
+            "stored them marked as interrupted" if saved else "they could not be stored",
+        )
 
     @property
     def refusing(self) -> bool:
@@ -212,6 +291,8 @@ class _Outbox:
         self.delay = delay
         self.pending: list[str] = []
         self.sent = 0
+        self.delivered: list[str] = []  # the answer's parts that went out (notes not included)
+        self._pending_parts = 0  # how many of `pending` are the answer's parts (the rest is a note)
         self.refused = False
         self.started = time.monotonic()
 
@@ -224,10 +305,13 @@ class _Outbox:
             self.refused = True  # nothing more of this answer goes out
             return
         self.pending.extend(words.mask(part) for part in parts)
+        self._pending_parts = len(self.pending)
         if note:
             self.pending.append(note)
         if not self.pending or not (final or time.monotonic() - self.started >= self.delay):
             return
+        self.delivered += self.pending[: self._pending_parts]
+        self._pending_parts = 0
         if final and not self.sent:
             await self.flow.deliver(self.job, self.pending, True)
             self.sent, self.pending = 1, []

@@ -18,8 +18,24 @@ FAILURE_REASONS = {
     "bad_request": "请求被模型服务拒绝",
     "context_length": "对话太长，模型装不下了，请发送“重置会话”",
     "empty": "模型没有给出回答，请换个说法再试",
+    "interrupted": "模型的回答传输中断了，请再试一次",
     "unsupported": "没有可用的账号",
     "storage": "聊天记录数据库暂时无法读写",
+}
+
+# One log line per failure kind, so the log tells them apart at a glance (the details follow it).
+FAILURE_LOGS = {
+    "auth": "the model account's key was rejected",
+    "rate_limit": "the model service rate-limited us",
+    "timeout": "the model did not answer in time",
+    "network": "could not connect to the model service",
+    "server": "the model service failed",
+    "bad_request": "the model service refused the request",
+    "context_length": "the prompt is over the model's context",
+    "empty": "the model gave an empty answer",
+    "interrupted": "the answer's stream broke off",
+    "unsupported": "no account can do this",
+    "storage": "the history database failed",
 }
 
 

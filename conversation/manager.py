@@ -64,8 +64,8 @@ class ConversationManager:
 
     Chat messages go through one FIFO queue per session (served by a worker that exists only while
     the queue has work), so a user's replies stay in order; commands are answered at once, even
-    while that session's answer runs. A semaphore caps how many model calls run at once across
-    sessions.
+    while that session's answer runs. How many model calls run at once is each account's
+    `max_concurrency` (llm/pool.py); `[conversation] max_concurrency` adds a global cap only when set.
     """
 
     def __init__(
@@ -122,7 +122,11 @@ class ConversationManager:
             self.words,
         )
         self._renderer = None  # the font may have changed
-        self._slots = asyncio.Semaphore(settings.conversation.max_concurrency)
+        # 0 (the default): no global cap; the accounts' own `max_concurrency` slots are the real limit
+        limit = settings.conversation.max_concurrency
+        self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+        )
         self._group_slots.clear()
 
     async def handle(self, event: Event) -> None:

@@ -79,6 +79,8 @@ class OpenAIAccount(Section):
     image_model: str = ""
     # requests in flight at once on this account; hosted APIs take many, local servers want 1-4
     max_concurrency: int = Field(64, ge=1, le=10000)
+    # completion cap for this account's answers (tokens); 0: gpt_params.max_reply_tokens
+    max_reply_tokens: int = Field(0, ge=0)
 
     @field_validator("api_key")
     @classmethod
@@ -108,6 +110,8 @@ class GptParams(Section):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     min_tokens: int = Field(1000, ge=0)
+    # completion cap for every answer (tokens); 0: only what the context budget leaves
+    max_reply_tokens: int = Field(0, ge=0)
     stream: bool = True
     timeout: float = Field(120.0, gt=0)
 
@@ -211,6 +215,8 @@ class ResponseSettings(Section):
     help_header: str = "你可以使用这些命令："
     stopped: str = "好的，已停止回答。"
     nothing_to_stop: str = "现在没有正在进行的回答。"
+    max_reply_chars: int = Field(6000, ge=0)  # an answer is cut here (0: no cap)
+    truncated: str = "（回答过长，已截断）"
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -247,7 +253,8 @@ class ConversationSettings(Section):
 
     group_scope: Literal["member", "group"] = "member"
     max_history_tokens: int = Field(0, ge=0)
-    max_concurrency: int = Field(16, ge=1)
+    # 0: no global cap; each account's `max_concurrency` is the real limit (a lower cap here hid it)
+    max_concurrency: int = Field(0, ge=0)
     group_concurrency: int = Field(4, ge=1)
 
 

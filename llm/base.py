@@ -36,6 +36,11 @@ class LLMReply:
     text: str
     account: str
     model: str
+    prompt_tokens: int | None = None  # the server's `usage.prompt_tokens`, when it reported one
+
+
+class ReplyStopped(Exception):
+    """Raised by a DeltaSink to end the answer early (e.g. at a length cap): the call stops, no retry."""
 
 
 class AllAccountsFailed(LLMError):
@@ -71,12 +76,15 @@ class ChatModel(Protocol):
         model: str | None = None,
         account: str | None = None,
         on_delta: DeltaSink | None = None,
+        max_reply_tokens: int | None = None,
     ) -> LLMReply:
         """Answer the conversation `turns`.
 
         `model` overrides the account's model; `account` (a name) is tried first; `on_delta`
-        receives the text as it streams. Raises AllAccountsFailed (an LLMError) when every
-        account failed, with `partial` set when `on_delta` had already been given text.
+        receives the text as it streams; `max_reply_tokens` is the caller's completion limit (the
+        context left after the prompt), lowered further by configured caps. Raises AllAccountsFailed
+        (an LLMError) when every account failed, with `partial` set when `on_delta` had already been
+        given text; ReplyStopped raised by `on_delta` ends the call and propagates.
         """
         ...
 

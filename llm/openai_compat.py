@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import httpx2
 import openai
 from loguru import logger
+from openai._models import FinalRequestOptions
 from pydantic import SecretStr
 
 from core.backoff import Backoff
@@ -45,9 +48,14 @@ _CONTEXT_ERROR = re.compile(
 )
 # statuses a context overflow arrives with: 400/413/422 mostly, 500 from older llama.cpp servers
 _CONTEXT_STATUSES = REQUEST_FAULT_STATUSES | {500}
+DRAIN_SECONDS = 0.1  # the longest a finished stream is read on after `[DONE]` (as the SDK)
 # the SDK refuses an empty key, but local servers (Ollama, vLLM) need none: send a placeholder
 _NO_KEY = "no-key"
 # --check: a 404 almost always means the base URL lacks its /v1
+# the smallest completion limit sent: below it even a short answer would be cut
+REPLY_TOKENS_FLOOR = 64
+# the completion limit's name on api.openai.com (its o-series models refuse `max_tokens`)
+_OPENAI_LIMIT = "max_completion_tokens"
 _CHECK_404 = "接口地址通常应以 /v1 结尾 (endpoint should usually end in /v1)"
 
 
@@ -75,6 +83,71 @@ def _choice_content(data: object, part: str, field: str = "content") -> str:
     return value if isinstance(value, str) else ""
 
 
+def _delta_texts(chunk: object) -> tuple[str, str]:
+    """(`reasoning_content`, `content`) of a stream chunk's `choices[0].delta`; "" for each one absent."""
+    delta = _choice_field(chunk, "delta")
+    if not isinstance(delta, dict):
+        return "", ""
+    reasoning, content = delta.get("reasoning_content"), delta.get("content")
+    return (reasoning if isinstance(reasoning, str) else ""), (content if isinstance(content, str) else "")
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (normally nothing) so the HTTP/1.1 connection can be reused.
+
+    Bounded and silent, as in the SDK: the answer is complete, so a server that keeps the stream
+    open or drops it now must not turn it into a failure (the connection is then closed instead).
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+
+
+async def _sse_json(response: httpx2.Response) -> AsyncIterator[object]:
+    """The JSON of each `data:` event of a chat completion stream, up to `[DONE]`.
+
+    A lean reader in place of the SDK's AsyncStream with the same outcomes: lines end in LF, CRLF or
+    CR; an event ends at a blank line (one unfinished at the end of the body is dropped); an event
+    holding `{"error": ...}` raises openai.APIError; read errors become APITimeoutError or
+    APIConnectionError; after `[DONE]` the rest of the body is read so the connection can be reused.
+    Events without data (keep-alives, `event: ping`) are skipped.
+    """
+    chunks = response.aiter_bytes()
+    pending = b""
+    data: list[bytes] = []
+    try:
+        async for block in chunks:
+            lines = (pending + block).splitlines(keepends=True) if pending else block.splitlines(keepends=True)
+            # an unfinished last line, or one ending in CR whose LF may start the next block, waits for more
+            pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+            for line in lines:
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                elif not line and data:
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
+                    if payload.startswith(b"[DONE]"):
+                        await _drain(chunks)
+                        return
+                    event = json.loads(payload)
+                    error = event.get("error") if isinstance(event, dict) else None
+                    if error:
+                        message = error.get("message") if isinstance(error, dict) else None
+                        raise openai.APIError(
+                            message if isinstance(message, str) and message else "An error occurred during streaming",
+                            response.request,
+                            body=error,
+                        )
+                    yield event
+    except httpx2.TimeoutException as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except httpx2.TransportError as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
+
+
 def _messages(turns: Sequence[ChatTurn], vision: bool) -> list[dict[str, Any]]:
     """The request's messages; a turn's images become image parts only for an account with vision."""
     out: list[dict[str, Any]] = []
@@ -87,11 +160,57 @@ def _messages(turns: Sequence[ChatTurn], vision: bool) -> list[dict[str, Any]]:
     return out
 
 
+def _prompt_tokens(data: object) -> int | None:
+    """`usage.prompt_tokens` of a completion or a stream's last chunk, when the server reported it."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    value = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _choice_field(data: object, field: str) -> object:
     """`choices[0][field]`, or None."""
     choices = data.get("choices") if isinstance(data, dict) else None
     first = choices[0] if isinstance(choices, list) and choices else None
     return first.get(field) if isinstance(first, dict) else None
+
+
+class _LeanClient(openai.AsyncOpenAI):
+    """AsyncOpenAI that builds each plain JSON POST from the headers and URL of the first one.
+
+    The SDK merges default, platform, auth and client headers, parses the URL and runs httpx2's
+    request merging for every call; for this bot's requests (no retries by the SDK, no per-call
+    headers, options or files) the result is the same each time, and rebuilding it cost about a
+    tenth of the bot's CPU per message. Anything else goes through the SDK unchanged.
+    """
+
+    _plain: dict[str, tuple[httpx2.URL, list[tuple[str, str]], dict[str, Any]]]
+
+    def _build_request(self, options: FinalRequestOptions, *, retries_taken: int = 0) -> httpx2.Request:
+        plain = (
+            retries_taken == 0
+            and options.method == "post"
+            and isinstance(options.json_data, dict)
+            and options.content is None
+            and options.files is None
+            and options.extra_json is None
+            and not options.headers
+            and not options.params
+            and isinstance(options.timeout, openai.NotGiven)
+            and self.custom_auth is None
+        )
+        if not plain:
+            return super()._build_request(options, retries_taken=retries_taken)
+        cache = self.__dict__.setdefault("_plain", {})
+        known = cache.get(options.url)
+        if known is None:
+            request = super()._build_request(options, retries_taken=retries_taken)
+            # content-length is the body's own; every other header is the same for the next request
+            headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
+            cache[options.url] = (request.url, headers, dict(request.extensions))
+            return request
+        url, headers, extensions = known
+        body = json.dumps(options.json_data, ensure_ascii=False, separators=(",", ":")).encode()
+        return httpx2.Request("POST", url, headers=headers, content=body, extensions=dict(extensions))
 
 
 class EmptyStreamError(Exception):
@@ -172,6 +291,7 @@ class _Account(Account):
     proxy: str = ""
     api_key: SecretStr = field(default_factory=lambda: SecretStr(""))
     client: openai.AsyncOpenAI | None = None
+    max_reply_tokens: int = 0  # this account's completion cap; 0: gpt_params.max_reply_tokens
 
 
 class OpenAICompatible:
@@ -214,6 +334,7 @@ class OpenAICompatible:
                 vision=account.vision,
                 image_model=account.image_model,
                 max_concurrency=account.max_concurrency,
+                max_reply_tokens=account.max_reply_tokens,
             )
             for i, account in enumerate(settings.accounts)
         ]
@@ -253,15 +374,20 @@ class OpenAICompatible:
         model: str | None = None,
         account: str | None = None,
         on_delta: DeltaSink | None = None,
+        max_reply_tokens: int | None = None,
     ) -> LLMReply:
         """Answer the conversation `turns`.
 
         `model` overrides the account's model (accounts that name it go first); `account` (a name)
-        is tried first; `on_delta` receives text while it streams. Raises AllAccountsFailed when
-        every account failed; at once with kind "bad_request" / "context_length" when the provider
-        rejects the request itself; with `partial` set when text had already gone to `on_delta`.
+        is tried first; `on_delta` receives text while it streams; `max_reply_tokens` is the
+        caller's completion limit, lowered to the configured caps and never below REPLY_TOKENS_FLOOR.
+        Raises AllAccountsFailed when every account failed; at once with kind "bad_request" /
+        "context_length" when the provider rejects the request itself; with `partial` set when text
+        had already gone to `on_delta`.
         """
-        return await self._pool.complete(turns, model=model, account=account, on_delta=on_delta)
+        return await self._pool.complete(
+            turns, model=model, account=account, on_delta=on_delta, max_reply_tokens=max_reply_tokens
+        )
 
     async def draw(self, prompt: str) -> DrawnImage:
         """One picture from the images API of an account with `image_model`, failing over between them."""
@@ -314,7 +440,10 @@ class OpenAICompatible:
     async def _attempt(self, account: Account, turns: Sequence[ChatTurn], model: str, delivery: Delivery) -> str:
         """One request on `account` (the pool's Attempt); raises for the classifier."""
         assert isinstance(account, _Account)
-        return await self._request(self._client(account), _messages(turns, account.vision), model, delivery)
+        caps = [delivery.max_reply_tokens, account.max_reply_tokens or self._params.max_reply_tokens]
+        limits = [cap for cap in caps if cap]
+        limit = max(REPLY_TOKENS_FLOOR, min(limits)) if limits else None
+        return await self._request(self._client(account), _messages(turns, account.vision), model, delivery, limit)
 
     def _client(self, account: _Account) -> openai.AsyncOpenAI:
         """The account's client, built on first use (building one costs about 0.1 s)."""
@@ -326,7 +455,7 @@ class OpenAICompatible:
             # the SDK's own httpx2 subclass keeps its connection limits and redirect handling
             http_client = openai.DefaultAsyncHttpxClient(transport=transport)
             try:
-                account.client = openai.AsyncOpenAI(
+                account.client = _LeanClient(
                     api_key=account.api_key.get_secret_value() or _NO_KEY,
                     base_url=account.endpoint,
                     max_retries=0,  # retries, backoff and failover are ours
@@ -338,7 +467,12 @@ class OpenAICompatible:
         return account.client
 
     async def _request(
-        self, client: openai.AsyncOpenAI, messages: list[dict[str, Any]], model: str, delivery: Delivery
+        self,
+        client: openai.AsyncOpenAI,
+        messages: list[dict[str, Any]],
+        model: str,
+        delivery: Delivery,
+        reply_limit: int | None = None,
     ) -> str:
         """One chat completion call; the whole reply text. Raises EmptyReplyError, EmptyStreamError or SDK errors.
 
@@ -349,7 +483,9 @@ class OpenAICompatible:
         shows it the same way as R1-style models that put it in their content.
         """
         p = self._params
-        # max_tokens is deliberately not sent: in this config it is the conversation budget (v2 meaning)
+        # gpt_params.max_tokens is the conversation budget (v2 meaning); the completion limit is
+        # `reply_limit`, computed from it. OpenAI itself refuses `max_tokens` for o-series models and
+        # takes `max_completion_tokens` for every model; other servers know only `max_tokens`.
         body: dict[str, object] = {
             "model": model,
             "messages": messages,
@@ -359,6 +495,10 @@ class OpenAICompatible:
             "frequency_penalty": p.frequency_penalty,
             "stream": p.stream,
         }
+        if reply_limit is not None:
+            body[_OPENAI_LIMIT if client.base_url.host == "api.openai.com" else "max_tokens"] = reply_limit
+        if p.stream:
+            body["stream_options"] = {"include_usage": True}  # the prompt's real size calibrates estimates
         # cast_to=object: the JSON as plain dicts, read tolerantly below; building the SDK's
         # pydantic models for every completion and chunk costs CPU and checks nothing we need.
         parts: list[str] = []
@@ -368,10 +508,11 @@ class OpenAICompatible:
                 "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
             )
             thinking = False
+            chunk: object = None
             async with stream:
-                async for chunk in stream:
-                    reasoning = _choice_content(chunk, "delta", "reasoning_content")
-                    content = _choice_content(chunk, "delta")
+                # our own SSE reader on the raw body: the SDK's per-line decoding cost more CPU than the rest of a chunk
+                async for chunk in _sse_json(stream.response):
+                    reasoning, content = _delta_texts(chunk)
                     piece = ""
                     if reasoning:
                         piece = reasoning if thinking else "<think>\n" + reasoning
@@ -385,6 +526,7 @@ class OpenAICompatible:
             # A stream that ends cleanly ([DONE] or a complete body) after text is a whole answer even
             # without finish_reason (llama.cpp and some proxies omit it); a dropped connection ends in a
             # read error instead. No text at all is how llama.cpp answers a prompt over its context.
+            delivery.prompt_tokens = _prompt_tokens(chunk)  # usage comes in the last chunk
             if not parts:
                 raise EmptyStreamError
             if thinking:
@@ -392,6 +534,7 @@ class OpenAICompatible:
                 await delivery.emit(parts[-1])
         else:
             data = await client.post("/chat/completions", body=body, cast_to=object)
+            delivery.prompt_tokens = _prompt_tokens(data)
             reasoning = _choice_content(data, "message", "reasoning_content")
             content = _choice_content(data, "message")
             answered = bool(content.strip())

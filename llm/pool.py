@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from core.backoff import Backoff
-from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, FailureKind, LLMReply
+from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, FailureKind, LLMReply, ReplyStopped
 
 log = logger.bind(adapter="llm")
 
@@ -152,6 +152,8 @@ class Delivery:
 
     sink: DeltaSink | None
     delivered: bool = False
+    max_reply_tokens: int | None = None  # the caller's completion limit, for the attempt to send
+    prompt_tokens: int | None = None  # set by an attempt from the server's reported usage
 
     async def emit(self, text: str) -> None:
         if self.sink is not None and text:
@@ -239,9 +241,10 @@ class AccountPool:
         model: str | None = None,
         account: str | None = None,
         on_delta: DeltaSink | None = None,
+        max_reply_tokens: int | None = None,
     ) -> LLMReply:
         """Answer `turns` with the first account that can; raises AllAccountsFailed (see ChatModel)."""
-        delivery = Delivery(on_delta)
+        delivery = Delivery(on_delta, max_reply_tokens=max_reply_tokens)
         last: Failure | None = None
         order = self.order(account, model, vision=any(turn.images for turn in turns))
         for index, candidate in enumerate(order):
@@ -252,7 +255,7 @@ class AccountPool:
             use_model = model or candidate.model
             outcome = await self._try_account(candidate, turns, use_model, delivery, others_ready)
             if isinstance(outcome, str):
-                return LLMReply(outcome, candidate.name, use_model)
+                return LLMReply(outcome, candidate.name, use_model, delivery.prompt_tokens)
             last = outcome
             if delivery.delivered:
                 raise AllAccountsFailed(outcome.kind, outcome.short, outcome.status, partial=True)
@@ -276,6 +279,8 @@ class AccountPool:
                 text = await self._attempt(account, turns, model, delivery)
                 account.strikes, account.cooling_until = 0, 0.0
                 return text
+            except ReplyStopped:  # the caller ended the answer on purpose: no retry, no failover
+                raise
             except Exception as exc:  # any provider surprise must end as AllAccountsFailed
                 failure = self._classify(exc)
             finally:
@@ -285,7 +290,8 @@ class AccountPool:
                 return failure
             wait: float | None = None
             if delivery.delivered:
-                then = "part of the answer was already sent"
+                # streamed text was handed to the caller (whether it reached the user is the caller's to log)
+                then = "text was already streamed, so no retry"
             elif failure.kind == "context_length" or failure.request_fault:
                 then = "the request itself was refused"
             elif failure.kind == "rate_limit":

@@ -87,7 +87,7 @@ async def test_quick_answer_is_one_message_even_when_streamed(launch: Any, fake_
     assert await bot.say("快速回答") == ["一段。\n\n两段。\n\n三段。"]
 
 
-async def test_stream_breaking_midway_keeps_history_clean(launch: Any, fake_llm: FakeOpenAI) -> None:
+async def test_stream_breaking_midway_stores_only_what_reached_the_user(launch: Any, fake_llm: FakeOpenAI) -> None:
     bot = await launch({"openai": {"gpt_params": {"stream": True}}, "response": {"buffer_delay": 0}})
     await bot.say("第一句")
     fake_llm.reply_fn = lambda body: "前半段内容。\n\n后半段内容不会到达。"
@@ -101,6 +101,8 @@ async def test_stream_breaking_midway_keeps_history_clean(launch: Any, fake_llm:
     assert conversation_of(fake_llm.requests[-1]) == [
         ("user", "第一句"),
         ("assistant", "echo: 第一句"),
+        ("user", "会断掉"),
+        ("assistant", "前半段内容。\n\n（回答中断）"),  # the part the user saw, marked (tests/test_partial_answers.py)
         ("user", "第三句"),
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,6 +64,11 @@ class FakeOpenAI:
     `send_done=False` ends the body cleanly without `[DONE]`, `stream_error` sends an error event
     instead of an answer (how llama.cpp reports a prompt over its context). `in_flight` and
     `peak_in_flight` count requests being answered at once.
+    Like a real server it honours `max_tokens` / `max_completion_tokens` (the reply is cut there,
+    finish_reason "length") and reports usage, counting `tokens_per_char` tokens per character of
+    the messages' text; `loop_forever` streams filler until the client hangs up or the limit is
+    reached (a looping model); `overflow_empty` answers a prompt over `context_limit` with an empty
+    200 stream (llama.cpp) instead of a 400.
     """
 
     def __init__(self, *, latency: float = 0.0, reply_fn: ReplyFn = echo_last_user, chunk_chars: int = 8) -> None:
@@ -77,6 +83,12 @@ class FakeOpenAI:
         self.finish_reason = True  # send the finishing chunk with finish_reason "stop"
         self.send_done = True  # end a stream with `data: [DONE]`
         self.stream_error = ""  # when set: a 200 stream holding only this error event
+        self.tokens_per_char = 0.25  # how usage counts text: about four characters a token
+        self.loop_forever = False  # stream `filler` without end (up to max_tokens, when sent)
+        self.filler = "；；；＃＋"
+        self.overflow_empty = False  # over context_limit: an empty 200 stream rather than a 400
+        self.loop_chunks_sent = 0  # filler chunks written by the last looping answer
+        self.loops_active = 0  # looping answers still being generated
         self.in_flight = 0
         self.peak_in_flight = 0
         self.image_requests: list[dict[str, Any]] = []
@@ -160,6 +172,8 @@ class FakeOpenAI:
 
         if self.context_limit is not None:
             size = sum(len(_text_of(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
+            if size > self.context_limit and self.overflow_empty:
+                return await self._empty_stream(request, body)
             if size > self.context_limit:
                 message = (
                     f"This model's maximum context length is {self.context_limit} tokens. Please reduce the length."
@@ -173,17 +187,72 @@ class FakeOpenAI:
                 await asyncio.sleep(delay)
         finally:
             self.in_flight -= 1
-        text = self.reply_fn(body)
         self._counter += 1
         ident = f"chatcmpl-fake{self._counter}"
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        cut = int(limit / self.tokens_per_char) if isinstance(limit, int) and self.tokens_per_char > 0 else None
+        if self.loop_forever and body.get("stream"):
+            return await self._loop(request, body, ident, cut)
+        text = self.reply_fn(body)
+        if self.loop_forever:
+            text = self.filler * (1 + (cut or 100_000) // len(self.filler))
+        finish = "stop"
+        if cut is not None and len(text) > cut:
+            text, finish = text[:cut], "length"
         if body.get("stream"):
-            return await self._stream(request, body, ident, text)
-        completion = _completion(ident, body["model"], text, body["messages"])
+            return await self._stream(request, body, ident, text, finish)
+        completion = _completion(ident, body["model"], text, body["messages"], self.tokens_per_char)
+        completion["choices"][0]["finish_reason"] = finish
         if self.reasoning:
             completion["choices"][0]["message"]["reasoning_content"] = self.reasoning
         return web.Response(body=json.dumps(completion).encode(), content_type="application/json")
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], ident: str, text: str) -> web.StreamResponse:
+    async def _empty_stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """HTTP 200 with no text at all, then [DONE]: how llama.cpp answers a prompt over its context."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _loop(
+        self, request: web.Request, body: dict[str, Any], ident: str, cut: int | None
+    ) -> web.StreamResponse:
+        """A looping model: filler chunks until `cut` characters or until the client hangs up."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        self.loop_chunks_sent = 0
+        self.loops_active += 1
+        try:
+            return await self._generate(response, body, ident, cut)
+        finally:  # also when the client hung up and aiohttp cancelled the handler
+            self.loops_active -= 1
+
+    async def _generate(
+        self, response: web.StreamResponse, body: dict[str, Any], ident: str, cut: int | None
+    ) -> web.StreamResponse:
+        created, sent = int(time.time()), 0
+        while cut is None or sent < cut:
+            piece = self.filler if cut is None else self.filler[: cut - sent]
+            delta = {"content": piece}
+            data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"]}
+            data["choices"] = [{"index": 0, "delta": delta, "finish_reason": None}]
+            try:
+                await response.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+            except (ConnectionError, RuntimeError):  # the client stopped reading: the generation ends
+                return response
+            sent += len(piece)
+            self.loop_chunks_sent += 1
+            await asyncio.sleep(0.001)  # a model takes time per token; also lets a hang-up be noticed
+        end = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"]}
+        end["choices"] = [{"index": 0, "delta": {}, "finish_reason": "length"}]
+        await response.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], ident: str, text: str, finish_reason: str = "stop"
+    ) -> web.StreamResponse:
         model = body["model"]
         created = int(time.time())
 
@@ -206,7 +275,7 @@ class FakeOpenAI:
         ]
         frames += [chunk({"content": text[i : i + step]}, None) for i in range(0, len(text), step)]
         if self.finish_reason:
-            frames.append(chunk({}, "stop"))
+            frames.append(chunk({}, finish_reason))
         if self.stream_error:
             error = {"error": {"message": self.stream_error, "type": "server_error", "code": 500}}
             frames = [b"data: " + json.dumps(error).encode() + b"\n\n"]
@@ -216,7 +285,7 @@ class FakeOpenAI:
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") and self.break_stream_after is None:
             usage = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
-            usage |= {"choices": [], "usage": _usage(body["messages"], text)}
+            usage |= {"choices": [], "usage": _usage(body["messages"], text, self.tokens_per_char)}
             frames.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
         if self.send_done and self.break_stream_after is None:
             frames.append(b"data: [DONE]\n\n")
@@ -262,14 +331,14 @@ class FakeOpenAI:
 TINY_PNG = tiny_png()
 
 
-def _usage(messages: list[Any], text: str) -> dict[str, int]:
-    # about four characters a token: good enough for a fake
-    prompt = sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict)) // 4 + 1
-    completion = len(text) // 4 + 1
+def _usage(messages: list[Any], text: str, per_char: float) -> dict[str, int]:
+    # `per_char` tokens a character of text, whatever the character: good enough for a fake
+    prompt = math.ceil(sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict)) * per_char) + 1
+    completion = math.ceil(len(text) * per_char) + 1
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _completion(ident: str, model: str, text: str, messages: list[Any]) -> dict[str, Any]:
+def _completion(ident: str, model: str, text: str, messages: list[Any], per_char: float) -> dict[str, Any]:
     return {
         "id": ident,
         "object": "chat.completion",
@@ -284,7 +353,7 @@ def _completion(ident: str, model: str, text: str, messages: list[Any]) -> dict[
                 "finish_reason": "stop",
             }
         ],
-        "usage": _usage(messages, text),
+        "usage": _usage(messages, text, per_char),
     }
 
 

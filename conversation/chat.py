@@ -12,12 +12,13 @@ from loguru import logger
 from conversation.job import FAILURE_LOGS, FAILURE_REASONS, Job, failure_text
 from conversation.moderation import WordFilter
 from conversation.presets import PresetBook
+from conversation.replier import Outbox, Replier
 from conversation.sessions import SessionSettings
 from conversation.streaming import ParagraphStream
 from core.config import Settings
 from core.errors import LLMError, StorageError
 from core.event import MessageEvent
-from core.message import Image, Message, Quote, Text, describe
+from core.message import Image, Quote, describe
 from core.tokens import Calibration, estimate_tokens
 from llm.base import ChatModel, ChatTurn, ReplyStopped
 from llm.images import ImageFetcher
@@ -27,11 +28,6 @@ QUOTE_CONTEXT_CHARS = 300
 # Ends the stored text of an answer whose stream broke after parts of it reached the user, so the
 # model sees on "继续" that it was cut off (the history has no column for it).
 INTERRUPTED_MARK = "（回答中断）"
-
-# (job, text or message, quote the user's message?) -> sends it; returns when sent or queued
-Sender = Callable[[Job, "str | Message", bool], Awaitable[None]]
-# (job, the parts of a whole answer, quote?) -> sends it as text, a picture or a forward message
-Deliverer = Callable[[Job, list[str], bool], Awaitable[None]]
 
 
 class ChatFlow:
@@ -45,9 +41,7 @@ class ChatFlow:
         model: ChatModel,
         presets: PresetBook,
         images: ImageFetcher,
-        send: Sender,
-        deliver: Deliverer,
-        text_limit: Callable[[Job], int],
+        replier: Replier,
         words: WordFilter,
     ) -> None:
         self.settings = settings
@@ -56,9 +50,7 @@ class ChatFlow:
         self.model = model
         self.presets = presets
         self.images = images
-        self.send = send
-        self.deliver = deliver
-        self.text_limit = text_limit
+        self.replier = replier
         self.words = words
         self.log = logger.bind(adapter="chat")
         # real tokens per estimated token, per model, learnt from the servers' reported usage
@@ -137,7 +129,7 @@ class ChatFlow:
             if failure != "context_length":
                 return
             if attempt == 2 or not history:
-                await self.send(job, failure_text(self.settings.response.error_format, failure), True)
+                await self.replier.send(job.event, failure_text(self.settings.response.error_format, failure), True)
                 return
             # The model's context is smaller than the budget assumed: once more with half the history sent.
             self.log.warning("session {} exceeded the model's context; retrying with a smaller window", job.session_key)
@@ -163,10 +155,12 @@ class ChatFlow:
         `estimated` (the prompt's estimated tokens; 0 to skip) calibrates against reported usage.
         """
         response = self.settings.response
-        stream = ParagraphStream(self.text_limit(job), min_chars=1, strip_think=not response.show_reasoning)
+        stream = ParagraphStream(
+            self.replier.text_limit(job.event), min_chars=1, strip_think=not response.show_reasoning
+        )
         # Parts go out early only as text; a picture or a forward message needs the whole answer.
         early = response.buffer_delay if response.mode == "text" else float("inf")
-        outbox = _Outbox(self, job, early)
+        outbox = self.replier.outbox(job.event, self.words, self.refusing, early)
         cap = response.max_reply_chars
         fed = 0  # characters received, reasoning included: a cheap upper bound of the visible text
         capped = False
@@ -196,7 +190,7 @@ class ChatFlow:
             done, _ = await asyncio.wait({call}, timeout=response.timeout)
             if not done and response.max_timeout > response.timeout:
                 if not outbox.sent:
-                    await self.send(job, response.timeout_format, True)
+                    await self.replier.send(job.event, response.timeout_format, True)
                 done, _ = await asyncio.wait({call}, timeout=response.max_timeout - response.timeout)
             if not done:
                 self.log.warning(
@@ -204,7 +198,7 @@ class ChatFlow:
                 )
                 if outbox.sent:
                     await self._keep_partial(job, outbox, save, "the answer was given up")
-                await self.send(job, response.cancel_wait_too_long, not outbox.sent)
+                await self.replier.send(job.event, response.cancel_wait_too_long, not outbox.sent)
                 return "timeout"
             reply = call.result()
             if estimated and reply.prompt_tokens:
@@ -228,11 +222,11 @@ class ChatFlow:
             if outbox.sent:
                 await self._keep_partial(job, outbox, save, "the stream broke")
                 reason = FAILURE_REASONS.get(shown, FAILURE_REASONS["server"])
-                await self.send(job, response.interrupted.replace("{exc}", reason), False)
+                await self.replier.send(job.event, response.interrupted.replace("{exc}", reason), False)
             else:
                 if partial:
                     self.log.warning("session {}: no part of the answer had reached the user", job.session_key)
-                await self.send(job, failure_text(response.error_format, shown), True)
+                await self.replier.send(job.event, failure_text(response.error_format, shown), True)
             return kind
         finally:
             # Also when this worker is cancelled at shutdown: the model call must not outlive it.
@@ -242,11 +236,11 @@ class ChatFlow:
         text = stream.text.strip()
         if not text:  # only reasoning, or only whitespace
             self.log.error("session {}: {} (no visible text)", job.session_key, FAILURE_LOGS["empty"])
-            await self.send(job, failure_text(response.error_format, "empty"), True)
+            await self.replier.send(job.event, failure_text(response.error_format, "empty"), True)
             return "empty"
         if outbox.refused or (self.refusing and self.words.found(text)):
             self.log.info("session {}: the answer contained a blocked word and was withheld", job.session_key)
-            await self.send(job, self.settings.moderation.output_message, not outbox.sent)
+            await self.replier.send(job.event, self.settings.moderation.output_message, not outbox.sent)
             return "moderated"
         stored = self.words.mask(text)
         if capped:
@@ -259,7 +253,7 @@ class ChatFlow:
         await outbox.add(last_parts, final=True, note="\n".join(notes))
         return None
 
-    async def _keep_partial(self, job: Job, outbox: _Outbox, save: Callable[[str], Awaitable[bool]], what: str) -> None:
+    async def _keep_partial(self, job: Job, outbox: Outbox, save: Callable[[str], Awaitable[bool]], what: str) -> None:
         """Store the parts of an unfinished answer that reached the user, marked, so "继续" has context."""
         sent = "\n\n".join(outbox.delivered)
         saved = await save(f"{sent}\n\n{INTERRUPTED_MARK}")
@@ -276,60 +270,3 @@ class ChatFlow:
     def refusing(self) -> bool:
         """Blocked words in an answer withhold it (rather than masking the words)."""
         return self.settings.moderation.output_mode == "refuse"
-
-
-class _Outbox:
-    """Parts of a streamed answer waiting to be sent: released together every `delay` seconds.
-
-    A quick answer goes out as one message; a slow, long one arrives paragraph group by paragraph
-    group, so the user sees its start early without being flooded.
-    """
-
-    def __init__(self, flow: ChatFlow, job: Job, delay: float) -> None:
-        self.flow = flow
-        self.job = job
-        self.delay = delay
-        self.pending: list[str] = []
-        self.sent = 0
-        self.delivered: list[str] = []  # the answer's parts that went out (notes not included)
-        self._pending_parts = 0  # how many of `pending` are the answer's parts (the rest is a note)
-        self.refused = False
-        self.started = time.monotonic()
-
-    async def add(self, parts: list[str], final: bool = False, note: str = "") -> None:
-        """Queue parts of the answer; `note` is the bot's own line after the last part (not filtered)."""
-        if self.refused:
-            return
-        words = self.flow.words
-        if self.flow.refusing and any(words.found(part) for part in parts):
-            self.refused = True  # nothing more of this answer goes out
-            return
-        self.pending.extend(words.mask(part) for part in parts)
-        self._pending_parts = len(self.pending)
-        if note:
-            self.pending.append(note)
-        if not self.pending or not (final or time.monotonic() - self.started >= self.delay):
-            return
-        self.delivered += self.pending[: self._pending_parts]
-        self._pending_parts = 0
-        if final and not self.sent:
-            await self.flow.deliver(self.job, self.pending, True)
-            self.sent, self.pending = 1, []
-            return
-        limit = self.flow.text_limit(self.job)
-        for message in pack(self.pending, limit):
-            await self.flow.send(self.job, (Text(message),), self.sent == 0)
-            self.sent += 1
-        self.pending.clear()
-        self.started = time.monotonic()
-
-
-def pack(parts: list[str], limit: int) -> list[str]:
-    """Join consecutive parts with blank lines as long as each message stays within `limit`."""
-    packed: list[str] = []
-    for part in parts:
-        if packed and len(packed[-1]) + 2 + len(part) <= limit:
-            packed[-1] += "\n\n" + part
-        else:
-            packed.append(part)
-    return packed

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from core.event import MessageEvent
 from core.message import Message
+from storage.admin import RateCheck
 
 # Shown in chat instead of the real error (which goes to the log): short, and never a secret.
 FAILURE_REASONS = {
@@ -49,6 +50,7 @@ class Job:
     admin: bool = False
     command: Handler | None = None
     argument: str = ""
+    rate: RateCheck | None = None  # the rate limit check that let it in, when a limit applies
 
 
 # A command: (job, argument) -> the reply, as text or as a message (a drawn picture).

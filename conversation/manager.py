@@ -1,9 +1,8 @@
-"""The conversation manager: dedupe, triggers, commands, per-session queues, and sending replies."""
+"""The conversation manager: the message pipeline of steps, per-session queues and their workers."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
 import functools
@@ -11,30 +10,27 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from adapters.base import Adapter
+from conversation import pipeline
 from conversation.admin import AdminCommands
-from conversation.chat import ChatFlow, pack
+from conversation.chat import ChatFlow
 from conversation.commands import CommandTable, SessionCommands
 from conversation.job import Job, failure_text
 from conversation.moderation import WordFilter
+from conversation.pipeline import Context, Next, Step
 from conversation.presets import PresetBook
-from conversation.render import split_text
+from conversation.replier import Replier
 from conversation.sessions import SessionSettings
 from conversation.triggers import TriggerRules
 from core.config import Settings
-from core.errors import BotError, StorageError
-from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent, Target
-from core.message import Forward, ForwardNode, Image, Message, Text
+from core.errors import StorageError
+from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
 from core.tasks import TaskSet
 from llm.base import ChatModel
 from llm.images import ImageFetcher
-
-if TYPE_CHECKING:
-    from core.render_image import MarkdownRenderer
 from storage.admin import AdminStore, member_target
 from storage.base import HistoryStore
 from storage.seen import MemorySeenEvents, SeenEvents, seen_key
@@ -84,20 +80,37 @@ class ConversationManager:
         self.admin = admin
         self.images = images or ImageFetcher()
         self._reload = reload or self._no_reload
-        self.adapters: dict[str, Adapter] = {}
+        self._adapters: dict[str, Adapter] = {}
         self.sessions = SessionSettings(store)
         self.started_at = time.time()
         self._today = (datetime.date.today(), 0)  # (date, messages answered that day)
-        self._renderer: MarkdownRenderer | None = None
         self._sessions: dict[str, _Session] = {}  # only sessions with queued or running chat work
         self._commands: dict[str, set[asyncio.Task[None]]] = {}  # each session's running commands
         self._group_slots: dict[str, asyncio.Semaphore] = {}
-        self._render_lock = asyncio.Lock()  # one renderer, used by one thread at a time
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.seen: SeenEvents = MemorySeenEvents()  # App.start() puts the database's store here
         self.tasks = TaskSet("conversation")
         self.log = logger.bind(adapter="chat")
+        self.replier = Replier(settings, self._adapters)
+        # The order DESIGN.md gives; each step may end the message's way (a reply, or silence).
+        self.steps: list[Step] = [
+            self._dedupe,
+            self._trigger,
+            self._access,
+            self._command,
+            self._rate_limit,
+            self._enqueue,
+        ]
         self.apply(settings)
+
+    @property
+    def adapters(self) -> dict[str, Adapter]:
+        """The running adapters by instance name (the app hands its own dict, which it keeps updating)."""
+        return self._adapters
+
+    @adapters.setter
+    def adapters(self, adapters: dict[str, Adapter]) -> None:
+        self._adapters = self.replier.adapters = adapters
 
     def apply(self, settings: Settings) -> None:
         """Use `settings` from now on (at start and on a config reload); queued messages keep going."""
@@ -116,12 +129,10 @@ class ConversationManager:
             self.model,
             self.presets,
             self.images,
-            self._send,
-            self._deliver,
-            self._text_limit,
+            self.replier,
             self.words,
         )
-        self._renderer = None  # the font may have changed
+        self.replier.apply(settings)
         # 0 (the default): no global cap; the accounts' own `max_concurrency` slots are the real limit
         limit = settings.conversation.max_concurrency
         self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
@@ -132,16 +143,14 @@ class ConversationManager:
     async def handle(self, event: Event) -> None:
         """The sink every adapter feeds; returns quickly (work happens in session workers)."""
         if isinstance(event, MessageEvent):
-            if await self._is_duplicate(event):
-                self.log.debug("dropped a redelivered message {}", event.message_id)
-                return
-            self._on_message(event)
+            await pipeline.run(self.steps, event, Context(self.adapters.get(event.adapter)))
         elif isinstance(event, RequestEvent):
-            self.tasks.spawn(self._on_request(event), name="request")
+            self.tasks.spawn(self.replier.answer_request(event), name="request")
         elif isinstance(event, NoticeEvent):
             self.log.debug("{} notice from {}", event.kind, event.user_id)
-            if event.kind == "poke" and self.settings.response.poke_reply:
-                self.tasks.spawn(self._answer_poke(event), name="poke")
+            poke = event.kind == "poke" and self.settings.response.poke_reply
+            if poke and not self.admin.is_blocked(event.user_id, event.group_id):
+                self.tasks.spawn(self.replier.answer_poke(event), name="poke")
 
     def session_key(self, event: MessageEvent) -> str:
         """Private chats per user; groups per member or shared, per `[conversation] group_scope`."""
@@ -151,70 +160,107 @@ class ConversationManager:
             return f"{event.platform}:group:{event.group_id}:{event.user_id}"
         return f"{event.platform}:private:{event.user_id}"
 
-    async def _is_duplicate(self, event: MessageEvent) -> bool:
-        """The dedupe step: protocols redeliver; adapters with `durable_dedupe` (QQ official, whose
-        callbacks can be replayed) are also checked against the ids kept in the database for a day."""
+    async def _dedupe(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """Protocols redeliver; adapters with `durable_dedupe` (QQ official, whose callbacks can be
+        replayed) are also checked against the ids kept in the database for a day."""
         if not event.message_id:
-            return False
+            await next(event, ctx)
+            return
         key = (event.adapter, event.chat_type, event.group_id or event.user_id, event.message_id)
         if key in self._seen:
-            return True
+            self.log.debug("dropped a redelivered message {}", event.message_id)
+            return
         self._seen[key] = None
         if len(self._seen) > DEDUPE_SIZE:
             self._seen.popitem(last=False)
         # The in-memory check comes first, so the database is asked once per new event.
-        adapter = self.adapters.get(event.adapter)
-        if adapter is not None and adapter.durable_dedupe:
-            return not await self.seen.first_time(seen_key(*key))
-        return False
+        if ctx.adapter is not None and ctx.adapter.durable_dedupe and not await self.seen.first_time(seen_key(*key)):
+            self.log.debug("dropped a redelivered message {}", event.message_id)
+            return
+        await next(event, ctx)
 
-    def _on_message(self, event: MessageEvent) -> None:
+    async def _trigger(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """Only messages meant for the bot (prefix, mention, private chat rules) go on, as their prompt."""
+        prompt = self.triggers.prompt_of(event, ctx.adapter.nickname if ctx.adapter is not None else "")
+        if prompt is None:
+            return
+        ctx.prompt = prompt
+        await next(event, ctx)
+
+    async def _access(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """Temp and stranger chats (unless `reply_temp`), blocked users and groups, and admin-only
+        commands from anyone else get no reaction at all."""
         if event.chat_type in (ChatType.TEMP, ChatType.STRANGER) and not self.settings.system.reply_temp:
             return
         if self.admin.is_blocked(event.user_id, event.group_id if event.is_group else ""):
             return
-        adapter = self.adapters.get(event.adapter)
-        prompt = self.triggers.prompt_of(event, adapter.nickname if adapter is not None else "")
-        if prompt is None:
+        ctx.admin = ctx.adapter is not None and event.user_id in ctx.adapter.managers
+        ctx.command = self.commands.match(ctx.prompt)
+        if ctx.command is not None and ctx.command.admin_only and not ctx.admin:
             return
-        admin = adapter is not None and event.user_id in adapter.managers
-        command = self.commands.match(prompt)
-        if command is not None and command.admin_only and not admin:
-            return  # admin commands get no reaction from anyone else
-        if command is None and not prompt and not self.chat.image_urls_in(event):
+        await next(event, ctx)
+
+    async def _command(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """Commands are answered at once, never queued behind the session's running answer (stop and
+        reset are about it); anything else goes on as a chat message."""
+        command = ctx.command
+        key = ctx.session_key = self.session_key(event)
+        if command is None:
+            if ctx.prompt or self.chat.image_urls_in(event):
+                await next(event, ctx)
             return
-        key = self.session_key(event)
-        if command is not None:
-            # Commands never wait behind the session's running answer (stop and reset are about it).
-            running = self._commands.setdefault(key, set())
-            limit = self.settings.response.max_queue_size
-            if limit and len(running) >= limit:  # a flood of commands must not become a flood of tasks
-                self.tasks.spawn(self._reply(event, self.settings.response.queue_full), name="queue-full")
-                return
-            job = Job(event, prompt, key, admin, command.handler, command.argument)
-            task = self.tasks.spawn(self._answer_command(job), name="command")
-            running.add(task)
-            task.add_done_callback(functools.partial(self._command_done, key))
+        running = self._commands.setdefault(key, set())
+        limit = self.settings.response.max_queue_size
+        if limit and len(running) >= limit:  # a flood of commands must not become a flood of tasks
+            self.tasks.spawn(self.replier.send(event, self.settings.response.queue_full), name="queue-full")
             return
+        job = Job(event, ctx.prompt, key, ctx.admin, command.handler, command.argument)
+        task = self.tasks.spawn(self._answer_command(job), name="command")
+        running.add(task)
+        task.add_done_callback(functools.partial(self._command_done, key))
+
+    async def _rate_limit(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """A sender over the hourly limit gets the `exceed` text at once and nothing is queued;
+        a message let in is counted now. With no limits set there is no database work at all."""
+        if event.is_group:
+            keys = [("group", event.group_id), ("member", member_target(event.group_id, event.user_id))]
+        else:
+            keys = [("user", event.user_id)]
+        try:
+            limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
+            if limited:
+                ctx.rate = await self.admin.check(limited)
+                if not ctx.rate.allowed:
+                    self.tasks.spawn(self.replier.send(event, self.settings.ratelimit.exceed), name="rate-limited")
+                    return
+                await self.admin.record(None, *limited)
+        except StorageError:
+            # The store logged the detail; the user learns something went wrong, briefly.
+            text = failure_text(self.settings.response.error_format, "storage")
+            self.tasks.spawn(self.replier.send(event, text), name="storage-failed")
+            return
+        await next(event, ctx)
+
+    async def _enqueue(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """The last step: the session's FIFO queue, served by its worker (started when needed)."""
+        key = ctx.session_key
         response = self.settings.response
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = _Session()
         if response.max_queue_size and len(session.waiting) >= response.max_queue_size:
-            self.tasks.spawn(self._reply(event, response.queue_full), name="queue-full")
+            self.tasks.spawn(self.replier.send(event, response.queue_full), name="queue-full")
             return
         # A chat message sent after "切换模型 …" or a reset is answered with that change made.
-        session.waiting.append((Job(event, prompt, key, admin), tuple(self._commands.get(key, ()))))
+        job = Job(event, ctx.prompt, key, ctx.admin, rate=ctx.rate)
+        session.waiting.append((job, tuple(self._commands.get(key, ()))))
         if session.worker is None:
             session.worker = self.tasks.spawn(self._work(key, session), name=f"session {key}")
         ahead = len(session.waiting) - 1 + session.answering
         if response.queued_notice_size and ahead >= response.queued_notice_size:
             notice = response.queued_notice.replace("{queue_size}", str(ahead))
-            self.tasks.spawn(self._reply(event, notice), name="queued-notice")
-
-    def _text_limit(self, job: Job) -> int:
-        adapter = self.adapters.get(job.event.adapter)
-        return adapter.max_text_length if adapter is not None else 4500
+            self.tasks.spawn(self.replier.send(event, notice), name="queued-notice")
+        await next(event, ctx)
 
     def _command_done(self, key: str, task: asyncio.Task[None]) -> None:
         running = self._commands.get(key)
@@ -278,42 +324,30 @@ class ConversationManager:
     async def _process(self, job: Job) -> None:
         try:
             if job.command is not None:
-                await self._reply(job.event, await job.command(job, job.argument))
+                await self.replier.send(job.event, await job.command(job, job.argument))
             elif self.words.found(job.prompt):
-                await self._reply(job.event, self.settings.moderation.input_message)
+                await self.replier.send(job.event, self.settings.moderation.input_message)
             else:
                 await self._chat(job)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
-            await self._reply(job.event, failure_text(self.settings.response.error_format, "storage"))
+            await self.replier.send(job.event, failure_text(self.settings.response.error_format, "storage"))
 
     async def _chat(self, job: Job) -> None:
-        """Rate limits first, then the model; a warning follows the answer when the limit is near."""
+        """The model's answer; a warning follows it when the sender's rate limit is near."""
         event = job.event
-        if event.is_group:
-            keys = [("group", event.group_id), ("member", member_target(event.group_id, event.user_id))]
-        else:
-            keys = [("user", event.user_id)]
-        # Usage is counted only where a limit applies: with no limits set, no database work at all.
-        limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
-        check = await self.admin.check(limited)
-        ratelimit = self.settings.ratelimit
-        if not check.allowed:
-            await self._reply(event, ratelimit.exceed)
-            return
-        if limited:
-            await self.admin.record(None, *limited)
         # A busy group gets at most group_concurrency of the global slots at a time.
         async with self._group_slot(event.group_id), self._slots:
             await self.chat.answer(job)
         self._count_answer()
-        if check.limit and check.used + 1 >= ratelimit.warning_rate * check.limit:
+        check, ratelimit = job.rate, self.settings.ratelimit
+        if check is not None and check.limit and check.used + 1 >= ratelimit.warning_rate * check.limit:
             warning = (
                 ratelimit.warning_msg.replace("{usage}", str(check.used + 1))
                 .replace("{limit}", str(check.limit))
                 .replace("{current_time}", time.strftime("%H:%M"))
             )
-            await self._reply(event, warning.strip(), quote=False)
+            await self.replier.send(event, warning.strip(), quote=False)
 
     def _count_answer(self) -> None:
         day, count = self._today
@@ -346,100 +380,6 @@ class ConversationManager:
         if slot is None:
             slot = self._group_slots[group_id] = asyncio.Semaphore(self.settings.conversation.group_concurrency)
         return slot
-
-    async def _send(self, job: Job, content: str | Message, quote: bool) -> None:
-        await self._reply(job.event, content, quote)
-
-    async def _deliver(self, job: Job, parts: list[str], quote: bool) -> None:
-        """A whole answer: a picture (`mode` image, or mixed and long), a forward message when it is
-        very long and the platform has them, else text messages."""
-        response = self.settings.response
-        event = job.event
-        adapter = self.adapters.get(event.adapter)
-        text = "\n\n".join(parts)
-        if response.mode == "image" or (response.mode == "mixed" and len(text) > response.image_threshold):
-            png = await self._render(text)
-            if png is not None:
-                await self._reply(event, (Image(base64=base64.b64encode(png).decode()),), quote)
-                return
-        limit = adapter.max_text_length if adapter is not None else 4500
-        messages = pack(parts, limit)
-        if adapter is not None and adapter.max_replies and len(messages) > adapter.max_replies:
-            # e.g. the official QQ API: at most 5 replies to one message; the rest goes into the last
-            keep = adapter.max_replies - 1
-            messages = [*messages[:keep], "\n\n".join(messages[keep:])]
-        too_long = response.forward_threshold and len(text) > response.forward_threshold
-        if too_long and adapter is not None and adapter.supports_forward:
-            name = adapter.nickname or "ChatGPT"
-            nodes = tuple(ForwardNode(event.self_id, name, (Text(m),), int(time.time())) for m in messages)
-            await self._reply(event, (Forward(nodes=nodes),), quote)
-            return
-        for message in messages:
-            await self._reply(event, message, quote)
-            quote = False
-
-    async def _render(self, text: str) -> bytes | None:
-        """The answer as a PNG (rendered in a worker thread), or None when rendering failed."""
-        try:
-            if self._renderer is None:
-                from core.render_image import MarkdownRenderer  # Pillow loads only when used
-
-                self._renderer = MarkdownRenderer(self.settings.response.font_path)
-            renderer = self._renderer
-            async with self._render_lock:
-                return await asyncio.to_thread(renderer.render, text)
-        except Exception:
-            self.log.exception("rendering an answer as an image failed; sending text")
-            return None
-
-    async def _reply(self, event: MessageEvent, content: str | Message, quote: bool = True) -> None:
-        """Send text (split to the platform's size) or a message where `event` came from.
-
-        The first message quotes the user's in groups when `[response] quote` is on.
-        """
-        adapter = self.adapters.get(event.adapter)
-        if adapter is None:
-            self.log.error("no adapter {} to reply through", event.adapter)
-            return
-        messages: list[Message] = (
-            [(Text(part),) for part in split_text(content, adapter.max_text_length)]
-            if isinstance(content, str)
-            else [content]
-        )
-        quoted = quote and event.is_group and self.settings.response.quote and event.message_id
-        for message in messages:
-            try:
-                await adapter.send(event.target, message, quote=event.message_id if quoted else None)
-            except BotError as exc:
-                self.log.error("reply to {} failed: {}", event.target.describe(), exc)
-                return
-            quoted = False
-
-    async def _answer_poke(self, event: NoticeEvent) -> None:
-        """Adapters report only pokes aimed at the bot; answer where it happened."""
-        adapter = self.adapters.get(event.adapter)
-        if adapter is None or self.admin.is_blocked(event.user_id, event.group_id):
-            return
-        chat = ChatType.GROUP if event.group_id else ChatType.PRIVATE
-        target = Target(event.adapter, chat, event.user_id, event.group_id)
-        try:
-            await adapter.send(target, (Text(self.settings.response.poke_reply),))
-        except BotError as exc:
-            self.log.error("answering a poke from {} failed: {}", event.user_id, exc)
-
-    async def _on_request(self, event: RequestEvent) -> None:
-        """Friend requests and group invitations: each accepted or refused by its own `[system]` switch."""
-        system = self.settings.system
-        approve = system.accept_friend_request if event.kind == "friend" else system.accept_group_invite
-        adapter = self.adapters.get(event.adapter)
-        if adapter is None:
-            return
-        verdict = "accepted" if approve else "refused"
-        try:
-            await adapter.answer_request(event, approve=approve)
-            self.log.info("{} {} request from {}", verdict, event.kind, event.user_id)
-        except BotError as exc:
-            self.log.error("could not answer {} request from {}: {}", event.kind, event.user_id, exc)
 
     async def drain(self) -> None:
         """Wait until every chat message already queued has been answered (and commands have run)."""

@@ -60,6 +60,14 @@ class ActionFailedError(AdapterError):
         super().__init__(f"{action} failed with code {code}: {detail}")
 
 
+class MessageSwallowedError(AdapterError):
+    """QQ swallowed a message even when resent as a forward message; the sender may try another form."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        super().__init__(f"message swallowed (messageId {message_id})")
+
+
 class LLMError(BotError):
     """A model request failed; `kind` names the failure (see llm.base.FailureKind), `detail` is short and secret-free.
 

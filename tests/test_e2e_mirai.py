@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import BOT_QQ, VERIFY_KEY, RunningBot, mirai_url, start_bot
+from tests.conftest import BOT_QQ, VERIFY_KEY, RunningBot, eventually, mirai_url, start_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -472,3 +472,20 @@ async def test_broken_database_gets_a_short_error_not_silence(bot: RunningBot, t
     reply = sent_text((await bot.mirai.wait_commands(2))[-1])
     assert reply.startswith("出现故障！") and "聊天记录数据库暂时无法读写" in reply
     assert "messages" not in reply  # no SQL detail in chat
+
+
+async def test_swallowed_text_becomes_a_picture_sent_once_then_gives_up_in_the_log(
+    bot: RunningBot, fake_llm: FakeOpenAI, log_lines: list[str]
+) -> None:
+    # The adapter resends as a forward message; the replier (not the adapter) renders the picture.
+    bot.mirai.swallow_next = 4
+    await bot.mirai.push(friend_message(20001, "全被吞", 1))
+    commands = await bot.mirai.wait_commands(4)
+    kinds = [c["content"]["messageChain"][0]["type"] for c in commands]
+    assert kinds == ["Plain", "Forward", "Image", "Forward"]  # the picture, swallowed, got its forward resend
+    assert any("as a picture" in line for line in log_lines)
+    await eventually(lambda: any("swallowed in every form" in line for line in log_lines))
+    bot.mirai.swallow_next = 0
+    await bot.mirai.push(friend_message(20001, "正常", 2))
+    later = await bot.mirai.wait_commands(5)
+    assert sent_text(later[4]) == "echo: 正常"  # nothing more of the first reply was sent in between

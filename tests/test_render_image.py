@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFont
 
-from core import render_image
-from core.render_image import CODE_BACKGROUND, MAX_HEIGHT, MarkdownRenderer, find_cjk_font
+from conversation import render_image
+from conversation.render_image import CODE_BACKGROUND, MAX_HEIGHT, MarkdownRenderer, find_cjk_font
 
 WIDTH = 800
 PADDING = 40

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 from functools import partial
 from typing import Any, Protocol
@@ -17,9 +15,9 @@ from adapters.frames import preview
 from adapters.link import LinkStatus
 from adapters.mirai.codec import decode_chain, encode_chain
 from adapters.mirai.settings import MiraiSettings
-from core.errors import ActionFailedError, AdapterError, NotConnectedError
+from core.errors import ActionFailedError, AdapterError, MessageSwallowedError, NotConnectedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Role, Target
-from core.message import Forward, ForwardNode, Image, Message, Text, describe
+from core.message import Forward, ForwardNode, Message
 
 COMMAND_TIMEOUT = 15.0
 # mirai-api-http's ktor client answers pings; a socket that stops answering is closed after this.
@@ -297,8 +295,8 @@ class MiraiBase(Adapter):
         return message
 
     async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
-        """Send; when QQ swallows the message (negative messageId) resend once as a forward message,
-        then as a picture, and say in the log what happened."""
+        """Send; when QQ swallows the message (negative messageId) resend it once as a forward message,
+        and raise MessageSwallowedError when that is swallowed too (the replier may send a picture)."""
         message_id = await self._send_chain(target, await self._prepare(message, target), quote)
         if not _swallowed(message_id):
             return message_id
@@ -307,19 +305,10 @@ class MiraiBase(Adapter):
         )
         node = ForwardNode(self.self_id, self.nickname or "ChatGPT", message)
         message_id = await self._send_chain(target, (Forward(nodes=(node,)),), None)
-        if not _swallowed(message_id):
+        if message_id is None or not _swallowed(message_id):
             return message_id
-        text = describe(message) if all(isinstance(seg, Text) for seg in message) else ""
-        if text:
-            self.log.warning("the forward message was swallowed too; resending as a picture")
-            from core.render_image import MarkdownRenderer  # Pillow loads only when needed
-
-            png = await asyncio.to_thread(MarkdownRenderer().render, text)
-            picture = (Image(base64=base64.b64encode(png).decode()),)
-            message_id = await self._send_chain(target, await self._prepare(picture, target), None)
-        if _swallowed(message_id):
-            self.log.error("QQ swallowed the message to {} in every form; it was not delivered", target.describe())
-        return message_id
+        self.log.warning("the forward message to {} was swallowed too", target.describe())
+        raise MessageSwallowedError(message_id)
 
     async def _send_chain(self, target: Target, message: Message, quote: str | None) -> str | None:
         content: dict[str, Any] = {"messageChain": encode_chain(message)}

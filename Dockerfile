@@ -1,7 +1,7 @@
 # ChatGPT QQ 机器人 / ChatGPT QQ bot
 # 构建 build:  docker build -t chatgpt-qq-bot .
 # 运行 run:    docker compose up -d   (见 docs/deploy.md)
-# 挂载 mounts: /app/config.toml（配置文件，只读即可 / config, read-only is fine）
+# 挂载 mounts: /app/config.toml（配置文件，只读即可 / config, read-only is fine；v2 的 /app/config.cfg 也行 / or v2's /app/config.cfg）
 #              /app/data（聊天记录数据库 data/bot.sqlite3 / history database）
 FROM python:3.11-slim
 
@@ -40,7 +40,9 @@ EXPOSE 8554 8566
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "web.healthcheck"]
 
-# 没有挂载 /app/config.toml 时，用内置的 config.example.toml 启动并醒目提示
-# Without a mounted /app/config.toml, start with the bundled example and say so loudly.
-ENTRYPOINT ["/bin/sh", "-c", "if [ ! -f /app/config.toml ]; then echo '!!! 没有挂载配置文件 /app/config.toml，正在使用内置的 config.example.toml 启动，请挂载你自己的 config.toml（见 docs/deploy.md）' >&2; echo '!!! No config.toml mounted at /app/config.toml: starting with the bundled config.example.toml. Mount your own config.toml (see docs/deploy.md).' >&2; case \" $* \" in *' --config'*) ;; *) set -- \"$@\" --config config.example.toml ;; esac; fi; if [ ! -w /app/data ]; then echo '!!! /app/data 不可写，聊天记录无法保存：在宿主机上执行 chown -R 1000:1000 data / /app/data is not writable: run chown -R 1000:1000 data on the host' >&2; fi; exec \"$@\"", "entrypoint"]
+# 没有挂载 /app/config.toml 时：挂载了 v2 的 /app/config.cfg 就用它（v2 的 Docker 用户挂载的是它），
+# 否则用内置的 config.example.toml 启动；两种情况都醒目提示。
+# Without a mounted /app/config.toml: use a mounted v2 /app/config.cfg (what v2's Docker users mounted),
+# else the bundled example; both say so loudly.
+ENTRYPOINT ["/bin/sh", "-c", "if [ ! -f /app/config.toml ] && [ -f /app/config.cfg ]; then echo '!!! 没有 /app/config.toml，使用挂载的 v2 配置 /app/config.cfg 启动 / No /app/config.toml: starting with the mounted v2 config /app/config.cfg' >&2; case \" $* \" in *' --config'*) ;; *) set -- \"$@\" --config /app/config.cfg ;; esac; elif [ ! -f /app/config.toml ]; then echo '!!! 没有挂载配置文件 /app/config.toml，正在使用内置的 config.example.toml 启动，请挂载你自己的 config.toml（见 docs/deploy.md）' >&2; echo '!!! No config.toml mounted at /app/config.toml: starting with the bundled config.example.toml. Mount your own config.toml (see docs/deploy.md).' >&2; case \" $* \" in *' --config'*) ;; *) set -- \"$@\" --config config.example.toml ;; esac; fi; if [ ! -w /app/data ]; then echo '!!! /app/data 不可写，聊天记录无法保存：在宿主机上执行 chown -R 1000:1000 data / /app/data is not writable: run chown -R 1000:1000 data on the host' >&2; fi; exec \"$@\"", "entrypoint"]
 CMD ["python", "bot.py"]

@@ -15,7 +15,7 @@ from loguru import logger
 
 from adapters.base import Adapter, AdapterStatus
 from adapters.registry import adapter_factory
-from core.config import Settings, collect_secrets, load_config
+from core.config import Settings, collect_secrets, load_config, platform_names
 from core.errors import BotError, ConfigError
 from core.log import setup_logging
 from core.loop import quiet_repeated_loop_errors
@@ -204,7 +204,9 @@ async def check(settings: Settings, wait: float = 5.0) -> int:
     from llm.openai_compat import OpenAICompatible
     from storage.store import SqlHistoryStore
 
-    rows: list[tuple[str, bool, str]] = [("config", True, str(settings.path))]
+    # ok None: a note, not a failure (v2 sections this bot does not have)
+    rows: list[tuple[str, bool | None, str]] = [("config", True, str(settings.path))]
+    rows += [("unsupported v2 setting", None, line) for line in settings.unsupported]
     try:
         store = await SqlHistoryStore.open(settings.database.url)
         await store.close()
@@ -237,9 +239,9 @@ async def check(settings: Settings, wait: float = 5.0) -> int:
         finally:
             await adapter.stop()
     width = max(len(what) for what, _, _ in rows)
-    for what, ok, detail in rows:
-        print(f"{'OK  ' if ok else 'FAIL'}  {what:<{width}}  {detail}")
-    return 0 if all(ok for _, ok, _ in rows) else 1
+    for what, result, detail in rows:
+        print(f"{'SKIP' if result is None else 'OK  ' if result else 'FAIL'}  {what:<{width}}  {detail}")
+    return 0 if all(result is not False for _, result, _ in rows) else 1
 
 
 async def _ignore_event(event: object) -> None:
@@ -263,7 +265,9 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ChatGPT QQ 机器人 / ChatGPT bot for QQ")
-    parser.add_argument("--config", default="config.toml", help="配置文件路径 (default: config.toml)")
+    parser.add_argument(
+        "--config", default=None, help="配置文件路径 (default: config.toml, or v2's config.cfg when it is absent)"
+    )
     parser.add_argument("--console", action="store_true", help="在终端里对话，用于检查模型设置 (chat in the terminal)")
     parser.add_argument(
         "--check",
@@ -276,7 +280,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the bot; returns the process exit code."""
     args = parse_args(argv)
-    path = Path(args.config)
+    path = Path(args.config or "config.toml")
+    if args.config is None and not path.is_file() and Path("config.cfg").is_file():
+        # chatgpt-mirai-qq-bot v2 read config.cfg (also TOML); its users keep their file and their mounts.
+        path = Path("config.cfg")
+        print("未找到 config.toml，使用 v2 的 config.cfg (config.toml not found; using config.cfg)", file=sys.stderr)
     if not path.is_file():
         print(
             f"找不到配置文件 {path}：请先把 config.example.toml 复制为 config.toml 并填写。"
@@ -286,8 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         settings = load_config(path)
-        if not args.console and not args.check and not settings.platforms():
-            raise ConfigError("mirai", "没有启用任何聊天平台，请填写 [mirai]、[onebot]、[milky] 或 [satori]")
     except ConfigError as exc:
         print(exc.one_line(), file=sys.stderr)
         return EXIT_CONFIG
@@ -298,8 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         settings.log.retention,
         secrets=collect_secrets(settings),
     )
+    # Before the "no platform" error: a v2 file with only unsupported sections learns why.
     for warning in settings.warnings:
         logger.warning(warning)
+    if not args.console and not args.check and not settings.platforms():
+        sections = "、".join(f"[{name}]" for name in platform_names())
+        error = ConfigError(
+            platform_names()[0] if platform_names() else "(config)",
+            f"没有启用任何聊天平台，请填写 {sections} 之一 (no platform enabled: add one of {sections})",
+        )
+        print(error.one_line(), file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.check:
             return asyncio.run(check(settings))

@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from adapters.http.settings import HttpSettings
 from adapters.milky.settings import MilkySettings
 from adapters.mirai.settings import MiraiSettings
 from adapters.onebot.settings import OneBotSettings
@@ -36,6 +37,7 @@ PLATFORMS = (
     Platform("milky", MilkySettings, "adapters.milky.adapter:MilkyAdapter"),
     Platform("satori", SatoriSettings, "adapters.satori.adapter:SatoriAdapter"),
     Platform("qqbot", QQBotSettings, "adapters.qqbot.adapter:QQBotAdapter"),
+    Platform("http", HttpSettings, "adapters.http.adapter:HttpApiAdapter"),
     Platform("console", None, "adapters.console.adapter:ConsoleAdapter"),  # `--console`, not a section
 )
 _BY_NAME = {platform.name: platform for platform in PLATFORMS}

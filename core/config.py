@@ -264,7 +264,13 @@ class SystemSettings(Section):
     reply_temp: bool = False
     accept_friend_request: bool = False
     accept_group_invite: bool = False
-    auto_reset_timeout_seconds: int = Field(28800, ge=0)
+    auto_reset_timeout_seconds: int = Field(28800, ge=0)  # 0: never
+
+    @field_validator("auto_reset_timeout_seconds", mode="before")
+    @classmethod
+    def _v2_never(cls, value: Any) -> Any:
+        # chatgpt-mirai-qq-bot v2 wrote -1 for "never reset"; here that is 0
+        return 0 if value == -1 and not isinstance(value, bool) else value
 
 
 class RatelimitSettings(Section):
@@ -341,6 +347,8 @@ class Settings(Section):
     web: WebSettings = Field(default_factory=WebSettings)
     path: Path = Path("config.toml")
     warnings: list[str] = Field(default_factory=list)
+    # v2 sections this bot does not have, one line each ("[bing]: 不再支持 ..."), for --check
+    unsupported: list[str] = Field(default_factory=list)
     # Platform name -> its sections, validated by the registered models (one table or an array).
     sections: dict[str, list[Any]] = Field(default_factory=dict, exclude=True)
 
@@ -374,6 +382,9 @@ _PROBLEMS = {
     "list_type": '应为列表，如 ["a", "b"] (must be a list)',
     "dict_type": "应为表 (must be a table)",
     "model_type": "应为表 (must be a table)",
+    "model_attributes_type": "应为表 (must be a table)",
+    "finite_number": "应为有限的数字 (must be a finite number)",
+    "extra_forbidden": "不允许的配置项 (this key is not allowed here)",
 }
 
 
@@ -423,6 +434,8 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
     """Validate an already parsed document; `text` is used to find line numbers. Raises ConfigError."""
     lines = LineIndex(text)
     doc, arrays = _normalise(doc)
+    unsupported = _drop_v2_unsupported(doc, lines)
+    v2_notes = _skip_web_login(doc, lines) + _v2_default_notes(doc)
     sections: dict[str, list[Any]] = {}
     for name, model in _PLATFORMS.items():
         tables = doc.pop(name, None)
@@ -446,16 +459,189 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
         if not account.api_endpoint:
             account.api_endpoint = settings.openai.api_endpoint or DEFAULT_ENDPOINT
     _check_files(settings, lines)
+    _v2_placeholders(settings)
     unknown = _unknown_keys(settings, (), arrays)
     for name, found in sections.items():
         for index, section in enumerate(found):
             unknown += _unknown_keys(section, (name, index), arrays)
+    settings.unsupported = unsupported
     settings.warnings = [
-        escape_control(f"未知配置项 unknown key {_dotted(loc)}")
-        + (f" (line {line})" if (line := lines.find(loc)) else "")
-        for loc in unknown
+        *unsupported,
+        *v2_notes,
+        *(
+            escape_control(f"未知配置项 unknown key {_dotted(loc)}")
+            + (f" (line {line})" if (line := lines.find(loc)) else "")
+            for loc in unknown
+        ),
     ]
     return settings
+
+
+# chatgpt-mirai-qq-bot v2 features this bot does not have: section -> (what it was, what replaces it).
+_OPENAI_COMPATIBLE = (
+    "请改用 [[openai.accounts]] 中任意 OpenAI 兼容接口 (use any OpenAI-compatible endpoint in [[openai.accounts]])"
+)
+V2_UNSUPPORTED_SECTIONS: dict[str, tuple[str, str]] = {
+    "bing": ("New Bing", _OPENAI_COMPATIBLE),
+    "bard": ("Google Bard", _OPENAI_COMPATIBLE),
+    "gemini": ("Google Gemini", _OPENAI_COMPATIBLE),
+    "yiyan": ("文心一言 ERNIE Bot", _OPENAI_COMPATIBLE),
+    "chatglm": ("ChatGLM", _OPENAI_COMPATIBLE),
+    "xinghuo": ("讯飞星火 Spark", _OPENAI_COMPATIBLE),
+    "poe": ("Poe", _OPENAI_COMPATIBLE),
+    "slack": ("Claude in Slack", _OPENAI_COMPATIBLE),
+    "azure": ("Azure TTS 语音合成", ""),
+    "text_to_speech": ("文字转语音 text to speech", ""),
+    "vits": ("VITS 语音合成", ""),
+    "text_to_image": ("文字转图片 text to image", '请改用 [response] mode = "image" 或 "mixed" (use [response] mode)'),
+    "baiducloud": ("百度云内容审核 Baidu moderation", "请改用 [moderation] 屏蔽词 (use [moderation] words)"),
+    "sdwebui": (
+        "Stable Diffusion WebUI 画图",
+        "请在 [[openai.accounts]] 设置 image_model (set image_model on an OpenAI-compatible account)",
+    ),
+    "telegram": ("Telegram", ""),
+    "discord": ("Discord", ""),
+    "wecom": ("企业微信 WeCom", ""),
+}
+# v2 keys inside tables this bot has: table path -> key -> replacement ("" when there is none).
+_WEB_LOGIN_KEY = "网页登录的设置，已不需要 (a web-login setting, no longer needed)"
+_ERROR_TEXT = "请改用 [response] error_format (use [response] error_format)"
+V2_UNSUPPORTED_KEYS: dict[tuple[str, ...], dict[str, str]] = {
+    ("openai",): {"browserless_endpoint": _WEB_LOGIN_KEY},
+    ("openai", "gpt_params"): {
+        "compressed_session": "请改用 [conversation] max_history_tokens (use [conversation] max_history_tokens)",
+        "compressed_tokens": "请改用 [conversation] max_history_tokens (use [conversation] max_history_tokens)",
+    },
+    ("trigger",): {"prefix_ai": "", "switch_voice": ""},
+    ("response",): {
+        "default_ai": "第一个 [[openai.accounts]] 就是默认的 (the first account is the default)",
+        "error_network_failure": _ERROR_TEXT,
+        "error_session_authenciate_failed": _ERROR_TEXT,
+        "error_request_too_many": _ERROR_TEXT,
+        "error_request_concurrent_error": _ERROR_TEXT,
+        "error_server_overloaded": _ERROR_TEXT,
+        "error_drawing": _ERROR_TEXT,
+        "placeholder": "",
+        "ping_tts_response": "",
+    },
+}
+# Keys of v2's web-login accounts that mean nothing for an API-key account.
+_V2_ACCOUNT_KEYS = (
+    "mode",
+    "driver_exec_path",
+    "browser_exec_path",
+    "conversation",
+    "paid",
+    "verbose",
+    "title_pattern",
+    "auto_remove_old_conversations",
+)
+_WEB_LOGIN = ("access_token", "session_token", "email", "password")
+WEB_LOGIN_SKIPPED = "网页登录账号不再支持，请改用 API Key (web-login accounts are no longer supported; use an API key)"
+V2_DEFAULT_API_KEY = "1234567890"
+
+
+def _unsupported_line(what: str, replacement: str, line: int | None) -> str:
+    text = f"{what} 不再支持，已忽略 (not supported, ignored)" + (f"；{replacement}" if replacement else "")
+    return escape_control(text + (f" (line {line})" if line else ""))
+
+
+def _drop_v2_unsupported(doc: dict[str, Any], lines: LineIndex) -> list[str]:
+    """Remove v2 sections and keys this bot lacks from `doc`; one line for each, naming what replaces it."""
+    found: list[str] = []
+    for name, (what, replacement) in V2_UNSUPPORTED_SECTIONS.items():
+        if name in doc and name not in _PLATFORMS:
+            doc.pop(name)
+            found.append(_unsupported_line(f"[{name}] ({what})", replacement, lines.find((name,))))
+    for path, keys in V2_UNSUPPORTED_KEYS.items():
+        table = _copied_table(doc, path)
+        if table is None:
+            continue
+        for key, replacement in keys.items():
+            if key in table:
+                table.pop(key)
+                where = lines.find((*path, key)) or lines.find((*path[:-1], "gpt3_params", key))
+                found.append(_unsupported_line(f"{'.'.join(path)}.{key}", replacement, where))
+    openai = doc.get("openai")
+    accounts = openai.get("accounts") if isinstance(openai, dict) else None
+    if isinstance(openai, dict) and isinstance(accounts, list):
+        dropped: dict[str, int | None] = {}
+        copies: list[Any] = []
+        for index, account in enumerate(accounts):
+            if isinstance(account, dict) and "api_key" in account:
+                account = dict(account)
+                for key in _V2_ACCOUNT_KEYS:
+                    if key in account:
+                        account.pop(key)
+                        dropped.setdefault(key, lines.find(("openai", "accounts", index, key)))
+            copies.append(account)
+        doc["openai"] = {**openai, "accounts": copies}
+        for key, where in dropped.items():
+            found.append(_unsupported_line(f"openai.accounts.{key}", _WEB_LOGIN_KEY, where))
+    return found
+
+
+def _copied_table(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The table at `path`, copied (with its parents) so the caller's document is left unchanged."""
+    parent = doc
+    for name in path:
+        table = parent.get(name)
+        if not isinstance(table, dict):
+            return None
+        parent[name] = table = dict(table)
+        parent = table
+    return parent
+
+
+def _skip_web_login(doc: dict[str, Any], lines: LineIndex) -> list[str]:
+    """Drop v2's web-login accounts (one line each); an error only when no usable account is left."""
+    openai = doc.get("openai")
+    accounts = openai.get("accounts") if isinstance(openai, dict) else None
+    if not isinstance(openai, dict) or not isinstance(accounts, list):
+        return []
+    notes: list[str] = []
+    kept: list[Any] = []
+    for index, account in enumerate(accounts):
+        if isinstance(account, dict) and "api_key" not in account and any(k in account for k in _WEB_LOGIN):
+            where = lines.find(("openai", "accounts", index))
+            notes.append(
+                escape_control(f"openai.accounts[{index}]: {WEB_LOGIN_SKIPPED}") + (f" (line {where})" if where else "")
+            )
+            continue
+        # Validated here, under the index it has in the file, so a later error names the right line.
+        kept.append(
+            _validated(OpenAIAccount, account, ("openai", "accounts", index), set(), lines)
+            if notes and isinstance(account, dict)
+            else account
+        )
+    if notes and not kept:
+        raise ConfigError(
+            "openai.accounts",
+            f"{WEB_LOGIN_SKIPPED}；至少需要一个带 api_key 的账号 (at least one account with api_key is needed)",
+            lines.find(("openai", "accounts", 0)),
+        )
+    doc["openai"] = {**openai, "accounts": kept}
+    return notes
+
+
+def _v2_default_notes(doc: dict[str, Any]) -> list[str]:
+    """v2 gave `[mirai] api_key` a default; say it is used, so a verifyKey mismatch is easy to spot."""
+    tables = doc.get("mirai")
+    if isinstance(tables, list) and any(isinstance(t, dict) and "api_key" not in t for t in tables):
+        return [
+            f"mirai.api_key 未填写，沿用 v2 的默认值 {V2_DEFAULT_API_KEY}，须与 mirai-api-http 的 verifyKey 一致"
+            f" (not set: using v2's default {V2_DEFAULT_API_KEY}; it must match mirai-api-http's verifyKey)"
+        ]
+    return []
+
+
+def _v2_placeholders(settings: Settings) -> None:
+    """v2's `ping_response` placeholders become ours ({current_ai} is the account) or fixed texts."""
+    text = settings.response.ping_response
+    if "{current_" in text or "{supported_" in text:
+        names = "、".join(account.name for account in settings.openai.accounts)
+        text = text.replace("{current_ai}", "{account}").replace("{current_voice}", "无")
+        settings.response.ping_response = text.replace("{supported_ai}", names).replace("{supported_tts}", "无")
 
 
 def _validated(model: type[_M], data: Any, loc: tuple[Any, ...], arrays: set[str], lines: LineIndex) -> _M:
@@ -496,8 +682,33 @@ def _invalid(exc: ValidationError, prefix: tuple[Any, ...], arrays: set[str], li
     """The first problem pydantic found, as one line naming the key and its line."""
     err = exc.errors()[0]
     loc = _display_loc((*prefix, *err["loc"]), arrays)
-    problem = _PROBLEMS.get(err["type"], err["msg"].removeprefix("Value error, "))
-    return ConfigError(_dotted(loc), problem, lines.find(loc))
+    return ConfigError(_dotted(loc), _problem(err["type"], err["msg"], err.get("ctx") or {}), lines.find(loc))
+
+
+# Pydantic problems that carry a limit or a choice: Chinese first, the limit filled in from `ctx`.
+_BOUNDED = {
+    "greater_than_equal": ("ge", "应大于或等于 {0} (must be greater than or equal to {0})"),
+    "greater_than": ("gt", "应大于 {0} (must be greater than {0})"),
+    "less_than_equal": ("le", "应小于或等于 {0} (must be less than or equal to {0})"),
+    "less_than": ("lt", "应小于 {0} (must be less than {0})"),
+    "literal_error": ("expected", "应为以下之一 (must be one of): {0}"),
+    "string_too_short": ("min_length", "太短，至少 {0} 个字符 (at least {0} characters)"),
+    "string_too_long": ("max_length", "太长，最多 {0} 个字符 (at most {0} characters)"),
+    "too_short": ("min_length", "太少，至少 {0} 项 (at least {0} items)"),
+    "too_long": ("max_length", "太多，最多 {0} 项 (at most {0} items)"),
+}
+
+
+def _problem(kind: str, message: str, ctx: dict[str, Any]) -> str:
+    """A bilingual problem text for one pydantic error; our own validators' texts already are."""
+    if kind in _PROBLEMS:
+        return _PROBLEMS[kind]
+    if kind in _BOUNDED:
+        name, text = _BOUNDED[kind]
+        return text.format(ctx.get(name, "?"))
+    if kind in ("value_error", "assertion_error"):
+        return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return f"取值无效 (invalid value: {message})"
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -772,7 +983,8 @@ def collect_secrets(settings: Settings) -> list[str]:
     or token parameters inside URLs."""
     found: list[str] = []
     _collect(settings, "", found, 0)
-    return list(dict.fromkeys(s for s in found if s))
+    # v2's published default verifyKey is no secret; masking it would hide what the SECURITY warning names
+    return list(dict.fromkeys(s for s in found if s and s != V2_DEFAULT_API_KEY))
 
 
 def _collect(value: Any, name: str, found: list[str], depth: int) -> None:

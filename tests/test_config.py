@@ -49,8 +49,14 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 
 
 def test_missing_required_key_names_it_and_its_table(tmp_path: Path) -> None:
-    error = error_of(tmp_path, MINIMAL.replace('api_key = "k"\n', ""))
-    assert error.key == "mirai.api_key" and error.line == 1
+    error = error_of(tmp_path, MINIMAL.replace("qq = 123456\n", ""))
+    assert error.key == "mirai.qq" and error.line == 1
+
+
+def test_missing_mirai_api_key_is_v2_default(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, MINIMAL.replace('api_key = "k"\n', "")))
+    assert settings.platform("mirai")[0].api_key.get_secret_value() == "1234567890"
+    assert any("1234567890" in warning for warning in settings.warnings)
 
 
 def test_wrong_type_names_key_and_line(tmp_path: Path) -> None:
@@ -174,3 +180,17 @@ def test_placeholder_or_full_width_api_key_is_refused(tmp_path: Path) -> None:
 def test_endpoint_without_scheme_is_refused(tmp_path: Path) -> None:
     error = error_of(tmp_path, MINIMAL + 'api_endpoint = "api.deepseek.com/v1"\n')
     assert error.key == "openai.accounts[0].api_endpoint" and error.line == 8
+
+
+def test_web_login_account_is_skipped_and_later_errors_keep_their_file_index(tmp_path: Path) -> None:
+    web_login = '[[openai.accounts]]\nemail = "a@example.com"\npassword = "p"\n\n'
+    text = MINIMAL.replace("[[openai.accounts]]\n", web_login + "[[openai.accounts]]\n")
+    settings = load_config(write(tmp_path, text))
+    assert [a.api_key.get_secret_value() for a in settings.openai.accounts] == ["sk-1"]
+    assert [w for w in settings.warnings if "网页登录账号不再支持" in w] == [
+        "openai.accounts[0]: 网页登录账号不再支持，请改用 API Key (web-login accounts are no longer supported;"
+        " use an API key) (line 6)"
+    ]
+    error = error_of(tmp_path, text.replace('api_key = "sk-1"', 'api_key = "sk-1"\nmax_concurrency = 0'))
+    assert error.key == "openai.accounts[1].max_concurrency" and error.line == 12
+    assert error.problem == "应大于或等于 1 (must be greater than or equal to 1)"

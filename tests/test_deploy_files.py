@@ -195,3 +195,104 @@ def test_start_bat():
         assert needle in text
     before_chcp = text.split("chcp 65001", 1)[0]
     assert before_chcp.isascii(), "lines before chcp 65001 must be ASCII"
+
+
+def test_entrypoint_uses_a_mounted_v2_config_cfg(tmp_path):
+    """v2's Docker users mounted /app/config.cfg: without config.toml it is used, with one loud line."""
+    entry = json.loads(instructions("ENTRYPOINT")[0])
+    if not Path(entry[0]).exists():
+        pytest.skip("needs /bin/sh")
+    # the same script, pointed at a temporary /app so the test needs no root
+    script = entry[2].replace("/app/", f"{tmp_path}/")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "config.cfg").write_text("[mirai]\nqq = 1\n", encoding="utf-8")
+    run = [entry[0], entry[1], script, entry[3]]
+    out = subprocess.run([*run, "echo", "python", "bot.py"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0
+    assert out.stdout.split() == ["python", "bot.py", "--config", f"{tmp_path}/config.cfg"]
+    assert len(out.stderr.splitlines()) == 1 and "config.cfg" in out.stderr and "!!!" in out.stderr
+    out = subprocess.run([*run, "echo", "python", "bot.py", "--config", "x.toml"], capture_output=True, text=True)
+    assert out.stdout.split() == ["python", "bot.py", "--config", "x.toml"]
+    (tmp_path / "config.toml").write_text("", encoding="utf-8")
+    out = subprocess.run([*run, "echo", "python", "bot.py"], capture_output=True, text=True, timeout=10)
+    assert out.stdout.split() == ["python", "bot.py"] and out.stderr == ""
+
+
+def test_compose_mirai_image_is_required_not_pulled():
+    """No published official Mirai image exists: MIRAI_IMAGE must be set, with a bilingual message."""
+    mirai = services("docker-compose.mirai.yml")["mirai"]
+    [image] = [line.split(":", 1)[1].strip().strip("\"'") for line in mirai if line.strip().startswith("image:")]
+    match = re.fullmatch(r"\$\{MIRAI_IMAGE:\?([^}]+)\}", image)
+    assert match, f"image must be ${{MIRAI_IMAGE:?message}}, got {image}"
+    message = match.group(1)
+    assert re.search(r"[\u4e00-\u9fff]", message) and "set MIRAI_IMAGE" in message
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_images_are_published(path):
+    """Every image is our own build, NapCat's documented image, or the required MIRAI_IMAGE."""
+    for name, lines in services(path).items():
+        for line in lines:
+            if line.strip().startswith("image:"):
+                image = line.split(":", 1)[1].strip().strip("\"'")
+                assert image in ("chatgpt-qq-bot", "mlikiowa/napcat-docker:latest") or image.startswith(
+                    "${MIRAI_IMAGE:?"
+                ), f"{path} {name}: {image}"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_mounts_hide_no_plugins(path):
+    for name, lines in services(path).items():
+        assert not any(v.endswith("/plugins") or "/plugins:" in v for v in list_items(lines, "volumes")), name
+
+
+def test_compose_mirai_mentions_the_sign_server():
+    text = (ROOT / "docker-compose.mirai.yml").read_text(encoding="utf-8")
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    assert "签名服务" in comments and "sign server" in comments and "KFCFactory.json" in comments
+    docs = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "签名服务" in docs and "sign server" in docs and "fix-protocol-version" in docs
+    assert "MIRAI_IMAGE" in docs
+
+
+def test_napcat_webui_is_bound_to_loopback():
+    ports = list_items(services("docker-compose.napcat.yml")["napcat"], "ports")
+    assert ports == ["127.0.0.1:6099:6099"]
+    for path in COMPOSE_FILES:
+        for name, lines in services(path).items():
+            for port in list_items(lines, "ports"):
+                assert "6099" not in port or port.startswith("127.0.0.1:"), f"{path} {name}: {port}"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_files_are_valid_yaml(path):
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))
+    assert "chatgpt" in doc["services"]
+
+
+def test_start_sh_handles_old_venvs_and_config_cfg():
+    text = (ROOT / "start.sh").read_text(encoding="utf-8")
+    assert "rm -rf .venv" in text and "config.cfg" in text
+    assert "(3, 11)" in text and "trap pause_on_failure EXIT" in text
+
+
+def test_start_bat_finds_python_and_pauses_on_every_failure():
+    text = (ROOT / "start.bat").read_bytes().decode("utf-8")
+    lower = text.lower()
+    assert 'py -3 -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)"' in text
+    assert 'set "py=python"' in lower
+    # "if errorlevel 1" misses crashes with negative exit codes
+    code = "\n".join(line for line in lower.splitlines() if not line.startswith("rem "))
+    assert "if errorlevel" not in code
+    assert 'if not "%errorlevel%"=="0" goto fail' in lower
+    after_bot = code.split('".venv\\scripts\\python.exe" bot.py %*', 1)[1]
+    assert after_bot.lstrip().splitlines()[1].strip() == 'if not "%errorlevel%"=="0" goto fail'
+    # a failed venv creation removes the half-made .venv; an old or broken one is rebuilt
+    assert lower.count('rmdir /s /q ".venv"') >= 2 and "%py% -m venv .venv" in lower
+    assert "config.cfg" in lower and "--config config.cfg" in lower
+    fail = lower.split(":fail", 1)[1]
+    assert "pause" in fail and "exit /b 1" in fail
+    # every goto target exists
+    labels = set(re.findall(r"^:(\w+)", lower, re.M))
+    assert set(re.findall(r"goto (\w+)", lower)) <= labels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr, field_validator
 
-from core.config import IdList, Port, Section
+from core.config import V2_DEFAULT_API_KEY, IdList, Port, Section
 
 
 class MiraiSettings(Section):
@@ -12,7 +12,7 @@ class MiraiSettings(Section):
 
     enable: bool = True
     qq: int
-    api_key: SecretStr
+    api_key: SecretStr = SecretStr(V2_DEFAULT_API_KEY)  # v2's default verifyKey; start-up warns about it
     manager_qq: IdList = ()
     reverse_ws_host: str = "0.0.0.0"
     reverse_ws_port: Port | None = None

@@ -8,11 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.event import ChatType, MessageEvent
-from core.message import Image, Message, Segment, Text, describe
+from core.message import Image, Message, Quote, Segment, Text, describe
 
 GROUP_MESSAGE = "GROUP_AT_MESSAGE_CREATE"
+# Every group message, for bots granted it; addressed to the bot only when a mention says `is_you`.
+GROUP_ALL_MESSAGE = "GROUP_MESSAGE_CREATE"
 PRIVATE_MESSAGE = "C2C_MESSAGE_CREATE"
-MESSAGE_EVENTS = (GROUP_MESSAGE, PRIVATE_MESSAGE)
+MESSAGE_EVENTS = (GROUP_MESSAGE, GROUP_ALL_MESSAGE, PRIVATE_MESSAGE)
+# A message sent as a reply: `msg_elements` holds the quoted message, `message_scene.ext` its `ref_msg_idx`.
+QUOTE_MESSAGE_TYPE = 103
+# Mention tokens in `content`: `<@!id>` / `<@id>` (guild style), `<qqbot-at-user id="…" />`, and @everyone.
+# The one space after a token goes with it, so removing it leaves no double space (and no other spacing changes).
+_MENTION = re.compile(
+    r"(?:<@!?([^<>\s]{1,128})>|<qqbot-at-user\s+id=\"([^\"<>]{1,128})\"\s*/?>|<qqbot-at-everyone\s*/?>)( ?)"
+)
 MAX_SEQ = 2**63 - 1  # `s` is a 64-bit counter on the platform; anything else is not a sequence number
 DEFAULT_HEARTBEAT = 45.0
 MIN_HEARTBEAT, MAX_HEARTBEAT = 0.1, 60.0
@@ -73,7 +82,9 @@ def validation(payload: dict[str, Any]) -> Validation | None:
 
 
 def decode_message(payload: dict[str, Any], adapter: str, self_id: str) -> MessageEvent | None:
-    """A group @-message or private (C2C) message as a MessageEvent; None for anything else.
+    """A group message (@-message, or any message for bots allowed them) or private (C2C) message as a
+    MessageEvent; None for anything else. A quoted message (`msg_elements`) comes first as a Quote with its
+    content; mention tokens are removed or said as "@name".
 
     Fields the bot relies on must have their documented types (ids non-empty strings, content a
     string); otherwise the event is dropped. Never raises.
@@ -85,20 +96,20 @@ def decode_message(payload: dict[str, Any], adapter: str, self_id: str) -> Messa
     if not isinstance(data, dict):
         return None
     author = obj(data.get("author"))
-    group = kind == GROUP_MESSAGE
+    group = kind != PRIVATE_MESSAGE
     user = text(author.get("member_openid" if group else "user_openid")) or text(author.get("id"))
     msg_id = text(data.get("id"))
     group_id = text(data.get("group_openid")) if group else ""
     content = data.get("content", "")
     if not user or not msg_id or (group and not group_id) or not isinstance(content, str):
         return None
-    # The @bot mention is removed by the platform, leaving a leading space.
-    segments: list[Segment] = [Text(content.strip())] if content.strip() else []
-    attachments = data.get("attachments")
-    for attachment in attachments if isinstance(attachments, list) else ():
-        image = _image(attachment)
-        if image is not None:
-            segments.append(image)
+    mentions = _mentions(data.get("mentions"))
+    segments: list[Segment] = []
+    quote = _quote(data, mentions)
+    if quote is not None:
+        segments.append(quote)
+    segments.extend(_content(content, data.get("attachments"), mentions))
+    to_me = kind != GROUP_ALL_MESSAGE or any(is_you for _, is_you in mentions.values())
     return MessageEvent(
         adapter=adapter,
         platform="qqbot",
@@ -108,9 +119,79 @@ def decode_message(payload: dict[str, Any], adapter: str, self_id: str) -> Messa
         group_id=group_id,
         message=tuple(segments),
         message_id=msg_id,
-        to_me=True,
+        to_me=to_me,
         raw=data,
     )
+
+
+def _mentions(value: object) -> dict[str, tuple[str, bool]]:
+    """Mentioned ids (id, member_openid, user_openid) → (username, whether it is the bot)."""
+    found: dict[str, tuple[str, bool]] = {}
+    for mention in value if isinstance(value, list) else ():
+        mention = obj(mention)
+        entry = (text(mention.get("username")), mention.get("is_you") is True)
+        for key in ("id", "member_openid", "user_openid"):
+            if text(mention.get(key)):
+                found[text(mention.get(key))] = entry
+    return found
+
+
+def _plain(content: str, mentions: dict[str, tuple[str, bool]]) -> str:
+    """`content` with mention tokens removed, or said as "@name" when the name is known (never for the bot:
+    addressing it is what `to_me` records)."""
+
+    def name(match: re.Match[str]) -> str:
+        target = match.group(1) or match.group(2)
+        username, is_you = mentions.get(target, ("", False)) if target else ("", False)
+        return f"@{username}{match.group(3)}" if username and not is_you else ""
+
+    # The platform leaves a space where the @bot was.
+    return _MENTION.sub(name, content).strip()
+
+
+def _content(content: str, attachments: object, mentions: dict[str, tuple[str, bool]]) -> list[Segment]:
+    segments: list[Segment] = []
+    plain = _plain(content, mentions)
+    if plain:
+        segments.append(Text(plain))
+    for attachment in attachments if isinstance(attachments, list) else ():
+        image = _image(attachment)
+        if image is not None:
+            segments.append(image)
+    return segments
+
+
+def _ext(data: dict[str, Any], key: str) -> str:
+    """A `key=value` entry of `message_scene.ext` (a list of such strings)."""
+    ext = obj(data.get("message_scene")).get("ext")
+    for entry in ext if isinstance(ext, list) else ():
+        name, sep, value = text(entry).partition("=")
+        if sep and name == key:
+            return value
+    return ""
+
+
+def _quote(data: dict[str, Any], mentions: dict[str, tuple[str, bool]]) -> Quote | None:
+    """The message this one replies to, from `msg_elements`: its text and pictures, for the model's context."""
+    elements = data.get("msg_elements")
+    if not isinstance(elements, list):
+        return None
+    ref = _ext(data, "ref_msg_idx")
+    for element in elements:
+        element = obj(element)
+        idx = text(element.get("msg_idx"))
+        if integer(element.get("message_type")) != QUOTE_MESSAGE_TYPE and not (ref and idx == ref):
+            continue
+        if ref and idx and idx != ref:
+            continue  # an element of something else (nonebot checks the index too)
+        origin = _content(text(element.get("content")), element.get("attachments"), mentions)
+        if not origin:
+            continue
+        author = obj(element.get("author"))
+        sender = text(author.get("member_openid")) or text(author.get("user_openid")) or text(author.get("id"))
+        # The platform gives no message id for it, only its index; the index stands in as the id.
+        return Quote(idx or ref, sender_id=sender, origin=tuple(origin))
+    return None
 
 
 def _image(attachment: object) -> Image | None:
@@ -118,8 +199,10 @@ def _image(attachment: object) -> Image | None:
     url = text(attachment.get("url"))
     if not text(attachment.get("content_type")).startswith("image") or not url:
         return None
-    # Attachment URLs sometimes come without a scheme.
-    return Image(url=url if url.startswith(("http://", "https://")) else f"https://{url}")
+    # Attachment URLs sometimes come without a scheme, or protocol-relative (`//host/x`).
+    if url.startswith(("http://", "https://")):
+        return Image(url=url)
+    return Image(url="https://" + url.lstrip("/"))
 
 
 def unlinkable(value: str) -> str:

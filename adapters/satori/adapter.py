@@ -25,6 +25,9 @@ from core.message import Message, Quote
 
 OP_EVENT, OP_PING, OP_PONG, OP_IDENTIFY, OP_READY, OP_META = 0, 1, 2, 3, 4, 5
 CLOSE_INVALID_TOKEN = 4004
+# Chronocat and satori-python close a wrong token with 3000 "Unauthorized" instead of the spec's 4004.
+CLOSE_UNAUTHORIZED = 3000
+TOKEN_CLOSES = {CLOSE_INVALID_TOKEN: "invalid token", CLOSE_UNAUTHORIZED: "Unauthorized"}
 PING = json.dumps({"op": OP_PING, "body": {}})
 PING_SECONDS = 10.0
 # No frame at all (events or PONGs) for this long means the link is dead.
@@ -96,7 +99,8 @@ def _seconds(milliseconds: object) -> float:
 class SatoriAdapter(Adapter):
     """One Satori login. `platform` and `self_id` come from READY unless the config sets them.
 
-    The last event's `sn` is sent with every IDENTIFY, so a reconnect replays what was missed.
+    The last event's `sn` is sent with every IDENTIFY (also as `sequence`), so a server that buffers events
+    replays what was missed; Koishi never buffers and LLBot / Chronocat ignore it.
     Older implementations put `self_id` / `platform` at the top level instead of `login`.
     """
 
@@ -152,7 +156,8 @@ class SatoriAdapter(Adapter):
         async with ws:
             identify: dict[str, Any] = {"token": self.token}
             if self.sn is not None:
-                identify["sn"] = self.sn
+                # `sn` is the spec's name; satori-python still reads the pre-1.0 `sequence`.
+                identify["sn"] = identify["sequence"] = self.sn
             await ws.send_str(json.dumps({"op": OP_IDENTIFY, "body": identify}))
             try:
                 return await self._read(ws, link)
@@ -184,8 +189,9 @@ class SatoriAdapter(Adapter):
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await self.receive(msg.data, handle, link.status)
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                if ws.close_code == CLOSE_INVALID_TOKEN:
-                    raise FatalLinkError(TOKEN_REFUSED.format(f"close {CLOSE_INVALID_TOKEN} invalid token"))
+                reason = TOKEN_CLOSES.get(ws.close_code or 0)
+                if reason is not None:
+                    raise FatalLinkError(TOKEN_REFUSED.format(f"close {ws.close_code} {reason}"))
                 return f"closed ({ws.close_code})"
             elif msg.type is WSMsgType.ERROR:
                 # A frame over the cap ends here too (aiohttp closes with 1009).

@@ -372,10 +372,11 @@ def _decode_list(elements: list[Element] | tuple[Element, ...], depth: int) -> M
 
 def _dec_quote(el: Element, depth: int, out: _Out) -> None:
     quote_id = el.attrs.get("id", "")
-    if not quote_id:
+    author, rest = _split_author(el)
+    if not quote_id and not rest:
         out.append(_raw(el))  # a quote of nothing cannot be fetched or replied to
         return
-    author, rest = _split_author(el)
+    # Chronocat writes `<quote chronocat:seq="…">` with no id: its content is still the reply's context.
     sender = author.attrs.get("id", "") if author is not None else ""
     out.append(Quote(quote_id, sender_id=sender, origin=_decode_list(rest, depth + 1)))
 
@@ -590,26 +591,39 @@ def _element(tag: str, **attrs: str) -> str:
     return f"<{tag}{_attr_text({key: value for key, value in attrs.items() if value})}/>"
 
 
-def _line_breaks(run: str) -> str:
-    return run.replace("\r\n", "\n").replace("\n", "<br/>")
+# Leading indentation is written as character references: a server trims raw whitespace around line breaks
+# (satori-python strips indentation), but an entity is not whitespace to a trimmer, and Koishi / LLBot /
+# Chronocat (@satorijs/element) decode `&#32;` back to exactly a space.
+_INDENT_ENTITY = {" ": "&#32;", "\t": "&#9;"}
+
+
+def _indent(line: str) -> tuple[str, str]:
+    """A line's leading spaces/tabs as entities, and the rest of the line."""
+    body = line.lstrip(" \t")
+    head = line[: len(line) - len(body)]
+    return "".join(_INDENT_ENTITY[char] for char in head), body
 
 
 def _enc_text(text: str) -> str:
-    """Escaped text; a boundary whitespace run holding a newline is written with <br/>.
+    """Escaped text whose line structure survives every server.
 
-    Receivers drop such a run at an element boundary (see `_trim`), so "line\\n" before an image would lose its
-    line break; <br/> is the spec's line break and survives. Inner newlines are sent as they are.
+    A single line break between two unindented lines is sent as it is (every server keeps it). A line break
+    next to a blank line or before an indented line is `<br/>`: satori-python collapses blank lines and
+    receivers drop a whitespace run holding a newline at an element boundary (see `_trim`), while `<br/>` is
+    the spec's line break and survives everywhere. Indentation is sent as entities (see `_INDENT_ENTITY`).
     """
     if not text:
         return ""
-    head = tail = ""
-    stripped = text.lstrip()
-    if "\n" in text[: len(text) - len(stripped)]:
-        head, text = text[: len(text) - len(stripped)], stripped
-    stripped = text.rstrip()
-    if "\n" in text[len(stripped) :]:
-        tail, text = text[len(stripped) :], stripped
-    return _line_breaks(head) + _escape(text) + _line_breaks(tail)
+    lines = text.replace("\r\n", "\n").split("\n")
+    blank = [not line.strip(" \t") for line in lines]
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        if index:
+            keep = not (blank[index - 1] or blank[index] or line[:1] in (" ", "\t"))
+            out.append("\n" if keep else "<br/>")
+        head, body = _indent(line) if index or len(lines) > 1 else ("", line)
+        out.append(head + _escape(body))
+    return "".join(out)
 
 
 def _data_uri(data: str, table: tuple[tuple[str, str], ...], default: str) -> str:
@@ -725,10 +739,13 @@ _ENCODERS: dict[type, Callable[[Any, int], str]] = {
 def _encode(message: Message, depth: int) -> str:
     quote = ""
     parts: list[str] = []
+    # A forward is a message of its own: real encoders (LLBot, satori-python's OneBot adapter) send a quote in
+    # front of it as a separate, empty reply first, so a forward goes without one.
+    forwards = any(isinstance(seg, Forward) for seg in message)
     for seg in message:
         if isinstance(seg, Quote):
             # Satori wants the quote before the content, and a message replies to one message only.
-            if not quote and seg.message_id:
+            if not quote and seg.message_id and not forwards:
                 quote = _element("quote", id=seg.message_id)
             continue
         encoder = _ENCODERS.get(type(seg))
@@ -738,5 +755,6 @@ def _encode(message: Message, depth: int) -> str:
 
 
 def encode_content(message: Message) -> str:
-    """The content string for sending `message`: a quote goes first, segments Satori cannot carry are dropped."""
+    """The content string for sending `message`: a quote goes first (none before a forward), segments Satori
+    cannot carry are dropped."""
     return _encode(message, 0)

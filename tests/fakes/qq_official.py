@@ -450,8 +450,12 @@ class FakeQQ:
         msg_id: str | None = None,
         attachments: list[Json] | None = None,
         shard: int = 0,
+        extra: Json | None = None,
     ) -> Json:
-        """A GROUP_AT_MESSAGE_CREATE op-0 envelope (no `s`), registered as repliable; for WebHook tests too."""
+        """A GROUP_AT_MESSAGE_CREATE op-0 envelope (no `s`), registered as repliable; for WebHook tests too.
+
+        `extra` adds fields to `d` as the platform sends them (e.g. `msg_elements`, `message_scene`, `mentions`).
+        """
         msg_id = msg_id or f"ROBOT1.0_{next(self._msg_ids)}"
         d: Json = {
             "id": msg_id,
@@ -463,6 +467,7 @@ class FakeQQ:
         }
         if attachments is not None:
             d["attachments"] = attachments
+        d |= extra or {}
         envelope = self._envelope("GROUP_AT_MESSAGE_CREATE", d)
         self.incoming[msg_id] = _Incoming("group", group_openid, envelope, shard, time.monotonic())
         return envelope
@@ -497,9 +502,10 @@ class FakeQQ:
         msg_id: str | None = None,
         shard: int = 0,
         attachments: list[Json] | None = None,
+        extra: Json | None = None,
     ) -> str:
         """Dispatch an @bot group message on `shard`'s session; returns its msg id."""
-        envelope = self.group_at_event(group_openid, member_openid, content, msg_id, attachments, shard)
+        envelope = self.group_at_event(group_openid, member_openid, content, msg_id, attachments, shard, extra)
         await self._dispatch(envelope, shard)
         return str(envelope["d"]["id"])
 

@@ -74,6 +74,8 @@ class FakeSatori:
         self.identify_timeout = 10.0
         self.buffer_limit = 1000
         self.refused = 0
+        # How a wrong token is closed: the spec's 4004, or Chronocat's / satori-python's 3000 "Unauthorized".
+        self.token_close: tuple[int, bytes] = (CLOSE_INVALID_TOKEN, b"invalid token")
         self.accepted = 0  # event sockets accepted so far (a reconnect makes it grow)
         # What READY's body is instead of the real one (any JSON value), to try the client on a broken READY.
         self.ready_body: Any = None
@@ -290,7 +292,7 @@ class FakeSatori:
         self.identifies.append(body)
         await self._notify()
         if self.token and not (isinstance(body.get("token"), str) and hmac.compare_digest(body["token"], self.token)):
-            await conn.ws.close(code=CLOSE_INVALID_TOKEN, message=b"invalid token")
+            await conn.ws.close(code=self.token_close[0], message=self.token_close[1])
             return
         resume = body.get("sn", body.get("sequence"))  # `sequence` is the pre-1.0 spelling
         if isinstance(resume, str) and resume.isdigit():

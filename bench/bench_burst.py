@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import math
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +27,9 @@ from bench_pipeline import (  # noqa: E402
     RunResult,
     cpu_seconds,
     free_port,
+    linux_only,
     percentile,
+    run_in_temp_folder,
     spawn_bot,
     status_mb,
     stderr_problems,
@@ -253,25 +254,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp:
-        print(f"run: {args.users} users at once, model {args.latency:g} s ...", file=sys.stderr, flush=True)
-        try:
-            result = await run_burst(args.users, args.latency, args.concurrency, args.timeout, Path(tmp))
-        except (RuntimeError, TimeoutError) as exc:
-            # the bot failed to start or to answer the warm-up: its stderr says why
-            print(f"bench failed: {exc!r}", file=sys.stderr)
-            for line in stderr_problems(Path(tmp) / "bot.stderr")[-15:]:
-                print(f"  {line}", file=sys.stderr)
-            return 1
-    print_report(result)
-    return 0
+    async def run(folder: Path) -> Any:
+        return await run_burst(args.users, args.latency, args.concurrency, args.timeout, folder)
+
+    return await run_in_temp_folder(
+        "bench-burst-", f"run: {args.users} users at once, model {args.latency:g} s ...", run, print_report
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not sys.platform.startswith("linux"):
-        print("bench_burst reads /proc and runs on Linux only", file=sys.stderr)
-        return 2
-    return asyncio.run(main_async(parse_args(argv)))
+    args = parse_args(argv)
+    return linux_only("bench_burst", lambda: main_async(args))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import tomlkit
@@ -28,6 +28,8 @@ if str(ROOT) not in sys.path:
 
 from tests.fakes.mirai_peer import FakeMirai, friend_message, sent_text  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI, echo_last_user  # noqa: E402
+
+T = TypeVar("T")
 
 BOT_QQ = 10001
 VERIFY_KEY = "bench-verify-key"
@@ -315,6 +317,32 @@ def stderr_problems(path: Path) -> list[str]:
     """Non-empty lines of the bot's stderr (it logs at WARNING, so every line is worth a look)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     return [line for line in text.splitlines() if line.strip()]
+
+
+async def run_in_temp_folder(
+    prefix: str, announce: str, run: Callable[[Path], Awaitable[T]], report: Callable[[T], None]
+) -> int:
+    """Run one benchmark in a temporary folder and print its report; 1 with the bot's stderr if it failed."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        print(announce, file=sys.stderr, flush=True)
+        try:
+            result = await run(Path(tmp))
+        except (RuntimeError, TimeoutError) as exc:
+            # the bot failed to start or to answer the warm-up: its stderr says why
+            print(f"bench failed: {exc!r}", file=sys.stderr)
+            for line in stderr_problems(Path(tmp) / "bot.stderr")[-15:]:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+    report(result)
+    return 0
+
+
+def linux_only(name: str, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` on Linux; the benchmarks read /proc."""
+    if not sys.platform.startswith("linux"):
+        print(f"{name} reads /proc and runs on Linux only", file=sys.stderr)
+        return 2
+    return asyncio.run(main())
 
 
 async def run_one(

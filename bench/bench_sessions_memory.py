@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 for extra_path in (ROOT, ROOT / "bench"):
@@ -22,8 +22,10 @@ from bench_pipeline import (  # noqa: E402
     BenchMirai,
     RunResult,
     free_port,
+    linux_only,
     paced,
     percentile,
+    run_in_temp_folder,
     spawn_bot,
     status_mb,
     stderr_problems,
@@ -185,25 +187,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        print(f"run: {args.users} users over {args.seconds:g} s ...", file=sys.stderr, flush=True)
-        try:
-            result = await run_memory(args.users, args.seconds, args.idle_wait, args.latency, Path(tmp))
-        except (RuntimeError, TimeoutError) as exc:
-            # the bot failed to start or to answer the warm-up: its stderr says why
-            print(f"bench failed: {exc!r}", file=sys.stderr)
-            for line in stderr_problems(Path(tmp) / "bot.stderr")[-15:]:
-                print(f"  {line}", file=sys.stderr)
-            return 1
-    print_report(result)
-    return 0
+    async def run(folder: Path) -> Any:
+        return await run_memory(args.users, args.seconds, args.idle_wait, args.latency, folder)
+
+    return await run_in_temp_folder(
+        "bench-memory-", f"run: {args.users} users over {args.seconds:g} s ...", run, print_report
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not sys.platform.startswith("linux"):
-        print("bench_sessions_memory reads /proc and runs on Linux only", file=sys.stderr)
-        return 2
-    return asyncio.run(main_async(parse_args(argv)))
+    args = parse_args(argv)
+    return linux_only("bench_sessions_memory", lambda: main_async(args))
 
 
 if __name__ == "__main__":

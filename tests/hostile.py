@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from hypothesis import strategies as st
+
 from adapters.frames import MAX_BODY, MAX_FRAME
 from core.event import Event
 
@@ -161,3 +163,16 @@ class Sink:
 
     async def __call__(self, event: Event) -> None:
         self.events.append(event)
+
+
+# Hypothesis strategies for the codec fuzz tests: any JSON value, and small ones to nest inside events.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+small_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=6,
+)

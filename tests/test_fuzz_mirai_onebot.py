@@ -23,22 +23,12 @@ from adapters.sse import sse_data
 from core.errors import ActionFailedError, NotConnectedError
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
 from core.message import At, AtAll, Dice, Face, Message, Quote, Segment, Text
-from tests.hostile import Sink
+from tests.hostile import Sink, json_values, small_json
 
 EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QQ = re.compile(r"[1-9][0-9]{0,18}")
 BOT = 10001
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
-    max_leaves=25,
-)
-small_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
-    max_leaves=6,
-)
 ids = st.integers(1, 2**62)
 
 

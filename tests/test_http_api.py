@@ -147,7 +147,15 @@ async def test_token_is_checked(launch: Callable[..., Any]) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"\xff\xfe", b"[1, 2]", b'"text"', b'{"message": 42}', b'{"session_id": [], "message": "x"}'],
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"text"',
+        b'{"message": 42}',
+        b'{"session_id": [], "message": "x"}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
 )
 async def test_bad_requests_get_400_in_v2_shape(launch: Callable[..., Any], body: bytes) -> None:
     api = await launch()

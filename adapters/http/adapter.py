@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from adapters.base import Adapter, EventSink
+from adapters.frames import parse_frame
 from adapters.http.codec import DONE, FAILED, SUCCESS, Result, collect, failed
 from adapters.http.settings import HttpSettings
 from adapters.listen import LOOPBACK, bearer_token, listen, listener_app, secret_matches
@@ -156,11 +156,9 @@ class HttpApiAdapter(Adapter):
         if not self._authorized(request):
             self.log.warning("refused a request from {}: wrong or missing [http] token", request.remote)
             return _error(401, "访问令牌错误 (wrong or missing token)")
-        try:
-            data = json.loads(await request.read())
-        except ValueError:
-            return _error(400, "请求不是有效的 JSON (invalid JSON)")
-        if not isinstance(data, dict):
+        # parse_frame bounds nesting and encoding too: a hostile body is one warning, never a traceback.
+        data = parse_frame(self.log, await request.read(), self.max_body)
+        if data is None:
             return _error(400, "请求应为 JSON 对象 (must be a JSON object)")
         session_id, username, text = data.get("session_id"), data.get("username"), data.get("message")
         for name, value in (("session_id", session_id), ("username", username), ("message", text)):

@@ -16,7 +16,7 @@ from adapters.frames import MAX_BODY, MAX_FRAME, event_kind, parse_frame, previe
 from adapters.link import Link, LinkState, LinkStatus
 from core.backoff import Backoff
 from core.errors import AdapterError, NotConnectedError
-from core.event import Event, RequestEvent, Target
+from core.event import Event, MessageEvent, RequestEvent, Target
 from core.message import At, Message, Quote
 from core.tasks import TaskSet
 
@@ -209,6 +209,13 @@ class Adapter(ABC):
     @abstractmethod
     async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
         """Send now; raise NotConnectedError when the link is down. Returns the message id."""
+
+    def answered(self, event: MessageEvent) -> None:  # noqa: B027 (a hook: most platforms need nothing)
+        """The bot has said all it will say about `event` (possibly nothing: an ignored message).
+
+        Called once per message event this adapter delivered; a platform whose peer waits for the
+        whole answer (the HTTP API) closes it here. Must not block or raise.
+        """
 
     async def answer_request(self, event: RequestEvent, approve: bool) -> None:
         """Accept or decline a friend request or group invitation; raises AdapterError."""

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from conversation.commands import CommandTable
 from conversation.job import Job
 from conversation.presets import PresetBook
-from storage.admin import AdminStore
+from storage.admin import DRAW, AdminStore
 
 SCOPES = {"好友": "user", "群组": "group", "成员": "member"}
 DEFAULT_WORDS = ("默认", "default")
 MEMBER_FORMAT = "成员请写成 群号:QQ号，例如 .设置 成员 123456:654321 额度为 10 条/小时"
+
+
+@dataclass(frozen=True, slots=True)
+class _Quota:
+    """What a kind of limit counts, in the words of its commands: messages, or drawn pictures."""
+
+    prefix: str  # of the store's scopes
+    name: str
+    unit: str
+    used: str
+
+
+MESSAGES = _Quota("", "额度", "条", "已使用")
+PICTURES = _Quota(DRAW, "画图额度", "个", "已画")
 
 
 class AdminCommands:
@@ -31,39 +47,56 @@ class AdminCommands:
 
     def register(self, table: CommandTable) -> None:
         scopes = "|".join(SCOPES)
-        table.add_pattern(rf"\.设置 ?({scopes}) ?(\S+) ?额度为 ?(\d+) ?条/小时", self.set_limit, admin_only=True)
-        table.add_pattern(rf"\.查看 ?({scopes}) ?(\S+) ?的使用情况", self.usage, admin_only=True)
+        table.add_pattern(
+            rf"\.设置 ?({scopes}) ?(\S+) ?额度为 ?(\d+) ?条/小时",
+            functools.partial(self.set_limit, quota=MESSAGES),
+            admin_only=True,
+        )
+        table.add_pattern(
+            rf"\.查看 ?({scopes}) ?(\S+) ?的使用情况", functools.partial(self.usage, quota=MESSAGES), admin_only=True
+        )
+        # v2's drawing limits: "个/小时" (张 accepted too); the target may touch the words (non-greedy)
+        table.add_pattern(
+            rf"\.设置 ?({scopes}) ?(\S+?) ?画图额度为 ?(\d+) ?[个张]/小时",
+            functools.partial(self.set_limit, quota=PICTURES),
+            admin_only=True,
+        )
+        table.add_pattern(
+            rf"\.查看 ?({scopes}) ?(\S+?) ?的画图使用情况",
+            functools.partial(self.usage, quota=PICTURES),
+            admin_only=True,
+        )
         table.add_words([".预设列表"], self.preset_list, admin_only=True)
         table.add_words([".重新加载配置文件"], self.reload, admin_only=True)
         table.add_pattern(r"\.拉黑 ?(\d+)(?: +(\d+))?", self.block, admin_only=True)
         table.add_pattern(r"\.解除拉黑 ?(\d+)(?: +(\d+))?", self.unblock, admin_only=True)
         table.add_words([".状态"], self.status, admin_only=True)
 
-    async def set_limit(self, job: Job, argument: str) -> str:
+    async def set_limit(self, job: Job, argument: str, *, quota: _Quota) -> str:
         scope_word, target, count = argument.split(" ")
         target = "default" if target in DEFAULT_WORDS else target
         try:
-            await self.store.set_limit(SCOPES[scope_word], target, int(count))
+            await self.store.set_limit(quota.prefix + SCOPES[scope_word], target, int(count))
         except ValueError:
-            return MEMBER_FORMAT if scope_word == "成员" else f"无法设置 {target} 的额度。"
+            return MEMBER_FORMAT if scope_word == "成员" else f"无法设置 {target} 的{quota.name}。"
         who = "默认" if target == "default" else target
-        return f"已设置{scope_word} {who} 的额度为 {count} 条/小时。"
+        return f"已设置{scope_word} {who} 的{quota.name}为 {count} {quota.unit}/小时。"
 
-    async def usage(self, job: Job, argument: str) -> str:
+    async def usage(self, job: Job, argument: str, *, quota: _Quota) -> str:
         scope_word, target = argument.split(" ")
-        scope = SCOPES[scope_word]
+        scope = quota.prefix + SCOPES[scope_word]
         target = "default" if target in DEFAULT_WORDS else target
         try:
             limit = await self.store.limit_for(scope, target)
             used = 0 if target == "default" else await self.store.count(scope, target)
         except ValueError:
             return MEMBER_FORMAT if scope_word == "成员" else f"无法查看 {target} 的使用情况。"
-        shown = "不限" if limit is None else f"{limit} 条/小时"
+        shown = "不限" if limit is None else f"{limit} {quota.unit}/小时"
         if target == "default":
-            return f"{scope_word}的默认额度：{shown}。"
+            return f"{scope_word}的默认{quota.name}：{shown}。"
         if limit is None:
-            return f"{scope_word} {target} 没有额度限制（没有额度时不统计用量）。"
-        return f"{scope_word} {target} 最近一小时已使用 {used} 条，额度 {shown}。"
+            return f"{scope_word} {target} 没有{quota.name}限制（没有额度时不统计用量）。"
+        return f"{scope_word} {target} 最近一小时{quota.used} {used} {quota.unit}，{quota.name} {shown}。"
 
     async def preset_list(self, job: Job, _: str) -> str:
         names = self.presets.names()

@@ -124,7 +124,14 @@ class ChatFlow:
             # v2 sent the context minus the prompt as the completion limit; the backend applies the floor
             limit = params.max_tokens - math.ceil(estimated * ratio)
             failure = await self._ask(
-                job, turns, state.model or None, state.account or None, save, limit, 0 if images else estimated
+                job,
+                turns,
+                state.model or None,
+                state.account or None,
+                save,
+                state.reply_mode or self.settings.response.mode,
+                limit,
+                0 if images else estimated,
             )
             if failure != "context_length":
                 return
@@ -142,6 +149,7 @@ class ChatFlow:
         model: str | None,
         account: str | None,
         save: Callable[[str], Awaitable[bool]],
+        mode: str,
         reply_limit: int | None = None,
         estimated: int = 0,
     ) -> str | None:
@@ -159,8 +167,8 @@ class ChatFlow:
             self.replier.text_limit(job.event), min_chars=1, strip_think=not response.show_reasoning
         )
         # Parts go out early only as text; a picture or a forward message needs the whole answer.
-        early = response.buffer_delay if response.mode == "text" else float("inf")
-        outbox = self.replier.outbox(job.event, self.words, self.refusing, early)
+        early = response.buffer_delay if mode == "text" else float("inf")
+        outbox = self.replier.outbox(job.event, self.words, self.refusing, early, mode)
         cap = response.max_reply_chars
         fed = 0  # characters received, reasoning included: a cheap upper bound of the visible text
         capped = False

@@ -1,7 +1,8 @@
-"""The command table and the session commands: reset, rollback, stop, switching model or AI, ping, help."""
+"""The command table and the session commands: reset, rollback, stop, switching model, AI or reply mode, ping, help."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,16 +16,19 @@ from core.config import Settings, load_config
 from core.errors import ConfigError, LLMError
 from core.message import Image, Message
 from llm.base import ChatModel
+from storage.admin import DRAW
 from storage.base import HistoryStore
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A matched command: its handler, its argument, and whether only managers may run it."""
+    """A matched command: its handler, its argument, whether only managers may run it, and the
+    prefix of the rate-limit scopes it counts against (storage.admin.DRAW for drawing; "" for none)."""
 
     handler: Handler
     argument: str = ""
     admin_only: bool = False
+    quota: str = ""
 
 
 class CommandTable:
@@ -32,29 +36,31 @@ class CommandTable:
 
     def __init__(self) -> None:
         self._words: dict[str, tuple[Handler, bool]] = {}
-        self._patterns: list[tuple[re.Pattern[str], Handler, bool]] = []
+        self._patterns: list[tuple[re.Pattern[str], Handler, bool, str]] = []
 
     def add_words(self, words: list[str], handler: Handler, admin_only: bool = False) -> None:
         for word in words:
             if word.strip():
                 self._words[word.strip()] = (handler, admin_only)
 
-    def add_pattern(self, pattern: str, handler: Handler, admin_only: bool = False) -> None:
+    def add_pattern(self, pattern: str, handler: Handler, admin_only: bool = False, quota: str = "") -> None:
         """`pattern`'s groups are the command's argument (joined by a space when there are several)."""
-        self._patterns.append((re.compile(pattern, re.DOTALL), handler, admin_only))
+        self._patterns.append((re.compile(pattern, re.DOTALL), handler, admin_only, quota))
 
     def match(self, text: str) -> Command | None:
         """The command `text` asks for, or None when it is not one."""
         found_word = self._words.get(text)
         if found_word is not None:
             return Command(found_word[0], "", found_word[1])
-        for pattern, handler, admin_only in self._patterns:
+        for pattern, handler, admin_only, quota in self._patterns:
             found = pattern.fullmatch(text)
             if found:
                 argument = " ".join(g.strip() for g in found.groups() if g) if found.groups() else ""
-                return Command(handler, argument, admin_only)
+                return Command(handler, argument, admin_only, quota)
         return None
 
+
+MODE_NAMES = {"text": "文字", "image": "图片", "mixed": "图文混合"}  # `{mode}` in ping_response
 
 # session key -> stops the session's running answer and drops its queued messages; True when one ran
 StopSession = Callable[[str], Awaitable[bool]]
@@ -97,6 +103,8 @@ class SessionCommands:
         table.add_words([*trigger.reload_command, "/reload"], self.reload)
         table.add_words([*trigger.help_command, "/help"], self.help)
         table.add_words(trigger.stop_command, self.stop)
+        for mode, words in self.mode_words().items():
+            table.add_words(words, functools.partial(self.switch_reply_mode, mode=mode))
         table.add_pattern(r"/model (.+)", self.switch_model)
         presets = self.settings.presets
         table.add_pattern(presets.command, self.load_preset)
@@ -106,7 +114,7 @@ class SessionCommands:
         table.add_pattern(trigger.switch_command, self.switch_account)
         words = [re.escape(word.strip()) for word in trigger.prefix_image if word.strip()]
         if words:
-            table.add_pattern(rf"(?:{'|'.join(words)})\s*(\S.*)", self.draw)
+            table.add_pattern(rf"(?:{'|'.join(words)})\s*(\S.*)", self.draw, quota=DRAW)
 
     async def draw(self, job: Job, prompt: str) -> str | Message:
         """A picture from the images API of an account that has `image_model`."""
@@ -130,6 +138,23 @@ class SessionCommands:
         if await self.stop_session(job.session_key):
             return self.settings.response.stopped
         return self.settings.response.nothing_to_stop
+
+    def mode_words(self) -> dict[str, list[str]]:
+        """Reply mode -> the command words switching a session to it (v2's `*_only_command`)."""
+        trigger = self.settings.trigger
+        return {
+            "mixed": trigger.mixed_only_command,
+            "image": trigger.image_only_command,
+            "text": trigger.text_only_command,
+        }
+
+    async def switch_reply_mode(self, job: Job, _: str, *, mode: str) -> str:
+        """Answer this session as text, as pictures, or as pictures when long (kept across restarts)."""
+        await self.sessions.update(job.session_key, reply_mode=mode)
+        response = self.settings.response
+        return {"mixed": response.switched_to_mixed, "image": response.switched_to_image}.get(
+            mode, response.switched_to_text
+        )
 
     async def rollback(self, job: Job, _: str) -> str:
         response = self.settings.response
@@ -190,6 +215,9 @@ class SessionCommands:
             lines.append("切换模型 <模型>（/model）：" + "、".join(models))
         if job.admin or trigger.allow_switching_ai:
             lines.append("切换AI <名称>：" + "、".join(name for name, _, _ in self.model.accounts()))
+        modes = [words[0] for words in self.mode_words().values() if words]
+        if modes:
+            lines.append("、".join(modes) + "：切换回复的形式（图文混合、图片或文字）")
         if trigger.ping_command:
             lines.append(f"{trigger.ping_command[0]}：查看当前账号、模型和预设")
         if trigger.prefix_image and self.can_draw:
@@ -199,6 +227,7 @@ class SessionCommands:
                 "—— 管理员 ——",
                 ".设置 群组|好友|成员 <号码|默认> 额度为 N 条/小时",
                 ".查看 群组|好友|成员 <号码|默认> 的使用情况",
+                ".设置 群组|好友|成员 <号码|默认> 画图额度为 N 个/小时（.查看 … 的画图使用情况）",
                 ".拉黑 <QQ号|群号>、.拉黑 <QQ号> <群号>、.解除拉黑 …",
                 ".重新加载配置文件、.预设列表、.状态",
             ]
@@ -210,7 +239,8 @@ class SessionCommands:
         account = state.account or f"自动（轮流使用 {', '.join(accounts)}）"
         model = state.model or self.model.default_model(state.account) or "各账号的默认模型"
         preset = state.preset or "default"
-        return _fill(self.settings.response.ping_response, account=account, model=model, preset=preset)
+        mode = MODE_NAMES.get(state.reply_mode or self.settings.response.mode, "文字")
+        return _fill(self.settings.response.ping_response, account=account, model=model, preset=preset, mode=mode)
 
     def allowed_models(self) -> list[str]:
         """What non-admins may switch to: `allowed_models`, else every model an account names."""

@@ -51,6 +51,7 @@ class Job:
     command: Handler | None = None
     argument: str = ""
     rate: RateCheck | None = None  # the rate limit check that let it in, when a limit applies
+    quota: str = ""  # the limits it counted against: "" messages, storage.admin.DRAW pictures
 
 
 # A command: (job, argument) -> the reply, as text or as a message (a drawn picture).

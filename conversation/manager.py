@@ -31,7 +31,7 @@ from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
 from core.tasks import TaskSet
 from llm.base import ChatModel
 from llm.images import ImageFetcher
-from storage.admin import AdminStore, member_target
+from storage.admin import DRAW, AdminStore, member_target
 from storage.base import HistoryStore
 from storage.seen import MemorySeenEvents, SeenEvents, seen_key
 
@@ -143,7 +143,12 @@ class ConversationManager:
     async def handle(self, event: Event) -> None:
         """The sink every adapter feeds; returns quickly (work happens in session workers)."""
         if isinstance(event, MessageEvent):
-            await pipeline.run(self.steps, event, Context(self.adapters.get(event.adapter)))
+            ctx = Context(self.adapters.get(event.adapter))
+            try:
+                await pipeline.run(self.steps, event, ctx)
+            finally:
+                if not ctx.handed_off:  # ignored, or stopped by a step: nothing more will be said
+                    self._answered(event)
         elif isinstance(event, RequestEvent):
             self.tasks.spawn(self.replier.answer_request(event), name="request")
         elif isinstance(event, NoticeEvent):
@@ -212,9 +217,12 @@ class ConversationManager:
         running = self._commands.setdefault(key, set())
         limit = self.settings.response.max_queue_size
         if limit and len(running) >= limit:  # a flood of commands must not become a flood of tasks
-            self.tasks.spawn(self.replier.send(event, self.settings.response.queue_full), name="queue-full")
+            self._say(event, ctx, self.settings.response.queue_full, "queue-full")
             return
-        job = Job(event, ctx.prompt, key, ctx.admin, command.handler, command.argument)
+        if command.quota and not await self._within_limit(event, ctx, command.quota):
+            return
+        job = Job(event, ctx.prompt, key, ctx.admin, command.handler, command.argument, ctx.rate, command.quota)
+        ctx.handed_off = True
         task = self.tasks.spawn(self._answer_command(job), name="command")
         running.add(task)
         task.add_done_callback(functools.partial(self._command_done, key))
@@ -222,24 +230,50 @@ class ConversationManager:
     async def _rate_limit(self, event: MessageEvent, ctx: Context, next: Next) -> None:
         """A sender over the hourly limit gets the `exceed` text at once and nothing is queued;
         a message let in is counted now. With no limits set there is no database work at all."""
+        if await self._within_limit(event, ctx, ""):
+            await next(event, ctx)
+
+    async def _within_limit(self, event: MessageEvent, ctx: Context, quota: str) -> bool:
+        """Whether the sender is within the hourly limits of `quota` ("" messages, DRAW pictures),
+        counting this use; when not, they are told (`exceed` / `draw_exceed`) and False returned."""
         if event.is_group:
-            keys = [("group", event.group_id), ("member", member_target(event.group_id, event.user_id))]
+            keys = [(quota + "group", event.group_id), (quota + "member", member_target(event.group_id, event.user_id))]
         else:
-            keys = [("user", event.user_id)]
+            keys = [(quota + "user", event.user_id)]
         try:
             limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
             if limited:
                 ctx.rate = await self.admin.check(limited)
                 if not ctx.rate.allowed:
-                    self.tasks.spawn(self.replier.send(event, self.settings.ratelimit.exceed), name="rate-limited")
-                    return
+                    ratelimit = self.settings.ratelimit
+                    self._say(event, ctx, ratelimit.draw_exceed if quota == DRAW else ratelimit.exceed, "rate-limited")
+                    return False
                 await self.admin.record(None, *limited)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
-            text = failure_text(self.settings.response.error_format, "storage")
-            self.tasks.spawn(self.replier.send(event, text), name="storage-failed")
-            return
-        await next(event, ctx)
+            self._say(event, ctx, failure_text(self.settings.response.error_format, "storage"), "storage-failed")
+            return False
+        return True
+
+    def _say(self, event: MessageEvent, ctx: Context, text: str, name: str) -> None:
+        """Send `text` as the whole answer to `event`, without holding up the pipeline."""
+        ctx.handed_off = True
+        self.tasks.spawn(self._say_and_finish(event, text), name=name)
+
+    async def _say_and_finish(self, event: MessageEvent, text: str) -> None:
+        try:
+            await self.replier.send(event, text)
+        finally:
+            self._answered(event)
+
+    def _answered(self, event: MessageEvent) -> None:
+        """Tell the adapter the bot is done with `event` (see Adapter.answered)."""
+        adapter = self.adapters.get(event.adapter)
+        if adapter is not None:
+            try:
+                adapter.answered(event)
+            except Exception:
+                self.log.exception("{} failed to close message {}", event.adapter, event.message_id)
 
     async def _enqueue(self, event: MessageEvent, ctx: Context, next: Next) -> None:
         """The last step: the session's FIFO queue, served by its worker (started when needed)."""
@@ -249,10 +283,11 @@ class ConversationManager:
         if session is None:
             session = self._sessions[key] = _Session()
         if response.max_queue_size and len(session.waiting) >= response.max_queue_size:
-            self.tasks.spawn(self.replier.send(event, response.queue_full), name="queue-full")
+            self._say(event, ctx, response.queue_full, "queue-full")
             return
         # A chat message sent after "切换模型 …" or a reset is answered with that change made.
         job = Job(event, ctx.prompt, key, ctx.admin, rate=ctx.rate)
+        ctx.handed_off = True
         session.waiting.append((job, tuple(self._commands.get(key, ()))))
         if session.worker is None:
             session.worker = self.tasks.spawn(self._work(key, session), name=f"session {key}")
@@ -274,6 +309,8 @@ class ConversationManager:
             await self._process(job)
         except Exception:
             self.log.exception("failed to run a command in session {}", job.session_key)
+        finally:
+            self._answered(job.event)
 
     async def _work(self, key: str, session: _Session) -> None:
         """Serve one session's queue in order, and end (removing the session) when it is empty."""
@@ -290,9 +327,12 @@ class ConversationManager:
                 finally:
                     session.answering = False
                     session.running_after = ()
+                    self._answered(job.event)
                     del job  # the finished job's event must not stay alive while the next one runs
         finally:
             # Also when stopped: the messages queued behind a cancelled answer go with it.
+            for job, _ in session.waiting:
+                self._answered(job.event)
             session.waiting.clear()
             if self._sessions.get(key) is session:
                 del self._sessions[key]
@@ -311,6 +351,9 @@ class ConversationManager:
             return False  # nothing, or only messages sent after this command
         del self._sessions[key]
         later = deque(item for item in session.waiting if me in item[1])
+        for job, after in session.waiting:
+            if me not in after:
+                self._answered(job.event)
         session.waiting.clear()
         if later:
             # They keep their order in a fresh queue; its first message waits for this command.
@@ -325,6 +368,7 @@ class ConversationManager:
         try:
             if job.command is not None:
                 await self.replier.send(job.event, await job.command(job, job.argument))
+                await self._warn_near_limit(job)
             elif self.words.found(job.prompt):
                 await self.replier.send(job.event, self.settings.moderation.input_message)
             else:
@@ -340,14 +384,19 @@ class ConversationManager:
         async with self._group_slot(event.group_id), self._slots:
             await self.chat.answer(job)
         self._count_answer()
+        await self._warn_near_limit(job)
+
+    async def _warn_near_limit(self, job: Job) -> None:
+        """After an answer (or a drawing), the warning text when the sender's limit is nearly used."""
         check, ratelimit = job.rate, self.settings.ratelimit
         if check is not None and check.limit and check.used + 1 >= ratelimit.warning_rate * check.limit:
+            template = ratelimit.draw_warning_msg if job.quota == DRAW else ratelimit.warning_msg
             warning = (
-                ratelimit.warning_msg.replace("{usage}", str(check.used + 1))
+                template.replace("{usage}", str(check.used + 1))
                 .replace("{limit}", str(check.limit))
                 .replace("{current_time}", time.strftime("%H:%M"))
             )
-            await self.replier.send(event, warning.strip(), quote=False)
+            await self.replier.send(job.event, warning.strip(), quote=False)
 
     def _count_answer(self) -> None:
         day, count = self._today

@@ -24,7 +24,8 @@ DEFAULT_TEXT_LIMIT = 4500  # when the adapter is gone (a reload removed it), spl
 
 
 class Replier:
-    """Sends everything the conversation layer says, choosing the form per `[response] mode`.
+    """Sends everything the conversation layer says, choosing the form per reply mode (`[response] mode`,
+    or the session's own from the mode commands).
 
     The manager owns one and hands it to ChatFlow; `adapters` is the manager's own dict, so
     adapters added later are seen.
@@ -47,9 +48,9 @@ class Replier:
         adapter = self.adapters.get(event.adapter)
         return adapter.max_text_length if adapter is not None else DEFAULT_TEXT_LIMIT
 
-    def outbox(self, event: MessageEvent, words: WordFilter, refusing: bool, delay: float) -> Outbox:
-        """A buffer for the parts of one streamed answer to `event`."""
-        return Outbox(self, event, words, refusing, delay)
+    def outbox(self, event: MessageEvent, words: WordFilter, refusing: bool, delay: float, mode: str) -> Outbox:
+        """A buffer for the parts of one streamed answer to `event`, delivered in reply `mode`."""
+        return Outbox(self, event, words, refusing, delay, mode)
 
     async def send(self, event: MessageEvent, content: str | Message, quote: bool = True) -> None:
         """Send text (split to the platform's size) or a message where `event` came from.
@@ -93,13 +94,13 @@ class Replier:
         self.log.error("the message to {} was swallowed in every form; it was not delivered", target.describe())
         return False
 
-    async def deliver(self, event: MessageEvent, parts: list[str], quote: bool) -> None:
+    async def deliver(self, event: MessageEvent, parts: list[str], quote: bool, mode: str) -> None:
         """A whole answer: a picture (`mode` image, or mixed and long), a forward message when it is
         very long and the platform has them, else text messages."""
         response = self.settings.response
         adapter = self.adapters.get(event.adapter)
         text = "\n\n".join(parts)
-        if response.mode == "image" or (response.mode == "mixed" and len(text) > response.image_threshold):
+        if mode == "image" or (mode == "mixed" and len(text) > response.image_threshold):
             png = await self.render(text)
             if png is not None:
                 await self.send(event, (Image(base64=base64.b64encode(png).decode()),), quote)
@@ -167,8 +168,11 @@ class Outbox:
     group, so the user sees its start early without being flooded.
     """
 
-    def __init__(self, replier: Replier, event: MessageEvent, words: WordFilter, refusing: bool, delay: float) -> None:
+    def __init__(
+        self, replier: Replier, event: MessageEvent, words: WordFilter, refusing: bool, delay: float, mode: str
+    ) -> None:
         self.replier = replier
+        self.mode = mode
         self.event = event
         self.words = words
         self.refusing = refusing
@@ -197,7 +201,7 @@ class Outbox:
         self.delivered += self.pending[: self._pending_parts]
         self._pending_parts = 0
         if final and not self.sent:
-            await self.replier.deliver(self.event, self.pending, True)
+            await self.replier.deliver(self.event, self.pending, True, self.mode)
             self.sent, self.pending = 1, []
             return
         for message in pack(self.pending, self.replier.text_limit(self.event)):

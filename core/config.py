@@ -149,6 +149,10 @@ class TriggerSettings(Section):
     reload_command: list[str] = Field(default_factory=lambda: ["重载配置"])
     help_command: list[str] = Field(default_factory=lambda: ["帮助"])
     stop_command: list[str] = Field(default_factory=lambda: ["停止", "/stop"])
+    # v2's per-session reply modes (see `[response] mode`)
+    mixed_only_command: list[str] = Field(default_factory=lambda: ["图文混合模式"])
+    image_only_command: list[str] = Field(default_factory=lambda: ["图片模式"])
+    text_only_command: list[str] = Field(default_factory=lambda: ["文本模式"])
     allowed_models: list[str] = Field(default_factory=list)
     allow_switching_ai: bool = True
 
@@ -209,6 +213,9 @@ class ResponseSettings(Section):
     queued_notice_size: int = Field(3, ge=0)
     queued_notice: str = "消息已收到！当前我还有{queue_size}条消息要回复，请您稍等。"
     mode: Literal["text", "image", "mixed"] = "text"
+    switched_to_mixed: str = "已切换至图文混合模式，接下来我的回复将会以图文混合的方式呈现！"
+    switched_to_image: str = "已切换至纯图片模式，接下来我的回复将会以图片呈现！"
+    switched_to_text: str = "已切换至纯文字模式，接下来我的回复将会以文字呈现（被吞除外）！"
     image_threshold: int = Field(800, ge=0)
     forward_threshold: int = Field(2000, ge=0)
     font_path: str = ""
@@ -282,6 +289,11 @@ class RatelimitSettings(Section):
         "\n额度限制整点重置，当前服务器时间：{current_time}"
     )
     exceed: str = "已达到额度限制，请等待下一小时继续和我对话。"
+    draw_warning_msg: str = (
+        "\n\n警告：额度即将耗尽！\n目前已画：{usage}个图，最大限制为{limit}个图/小时，请调整您的节奏。"
+        "\n额度限制整点重置，当前服务器时间：{current_time}"
+    )
+    draw_exceed: str = "已达到额度限制，请等待下一小时再使用画图功能。"
 
 
 class ModerationSettings(Section):

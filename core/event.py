@@ -28,12 +28,17 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where to send a message: the adapter instance and the chat on it."""
+    """Where to send a message: the adapter instance and the chat on it.
+
+    `message_id` names the message being answered, when there is one; it is not part of the
+    chat's identity (equal targets may carry different ids).
+    """
 
     adapter: str
     chat_type: ChatType
     user_id: str = ""
     group_id: str = ""
+    message_id: str = field(default="", compare=False)
 
     def describe(self) -> str:
         """A short form for logs, e.g. `mirai group 123` or `mirai private 456`."""
@@ -69,7 +74,7 @@ class MessageEvent:
     @property
     def target(self) -> Target:
         """Where a reply to this message goes."""
-        return Target(self.adapter, self.chat_type, self.user_id, self.group_id)
+        return Target(self.adapter, self.chat_type, self.user_id, self.group_id, self.message_id)
 
     @property
     def is_group(self) -> bool:

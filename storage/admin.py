@@ -31,9 +31,11 @@ from core.errors import StorageError
 from storage.errors import DB_ERRORS, failed, retrieve_exception
 from storage.models import Base, Id
 
-__all__ = ["DEFAULT", "SCOPES", "AdminStore", "RateCheck", "member_target"]
+__all__ = ["DEFAULT", "DRAW", "SCOPES", "AdminStore", "RateCheck", "member_target"]
 
 SCOPES = frozenset({"user", "group", "member"})
+# Drawing has its own limits and usage (v2's 画图额度): the same scopes with this prefix, e.g. "draw_group".
+DRAW = "draw_"
 DEFAULT = "default"  # the target whose limit applies to every target of its scope without its own row
 HOUR = 3600.0
 
@@ -88,14 +90,15 @@ def member_target(group_id: str, user_id: str) -> str:
 
 def _key(scope: str, target: str, *, default_ok: bool = False) -> tuple[str, str]:
     """Validated (scope, target); ValueError names what is wrong."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; expected one of: group, member, user")
+    base = scope.removeprefix(DRAW) if isinstance(scope, str) else scope
+    if base not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; expected one of: group, member, user (each also with {DRAW!r})")
     if not isinstance(target, str) or not target.strip():
         raise ValueError(f"target must be a non-empty string, got {target!r}")
     if target == DEFAULT:
         if not default_ok:
             raise ValueError(f"{DEFAULT!r} names the default limit, not a {scope}")
-    elif scope == "member":
+    elif base == "member":
         group_id, _, user_id = target.partition(":")
         if not group_id or not user_id:
             raise ValueError(f"member target must be 'group_id:user_id', got {target!r}")

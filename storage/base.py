@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-SESSION_FIELDS = frozenset({"preset", "model", "account"})
+SESSION_FIELDS = frozenset({"preset", "model", "account", "reply_mode"})
 """The per-session settings `update_session` may change."""
 
 WINDOW_PAGE = 64
@@ -31,6 +31,7 @@ class SessionState:
     model: str = ""
     account: str = ""
     updated_at: float = 0.0
+    reply_mode: str = ""  # "" follows `[response] mode`
 
 
 @runtime_checkable
@@ -64,7 +65,7 @@ class HistoryStore(Protocol):
         ...
 
     async def update_session(self, session_key: str, /, **fields: str) -> None:
-        """Set preset / model / account. Raises TypeError for other names, StorageError on failure."""
+        """Set preset / model / account / reply_mode. Raises TypeError for other names, StorageError on failure."""
         ...
 
 

@@ -93,7 +93,7 @@ class MemoryHistoryStore:
         return self._sessions.get(session_key) or SessionState(session_key)
 
     async def update_session(self, session_key: str, /, **fields: str) -> None:
-        """Set preset / model / account. Raises TypeError for other names."""
+        """Set preset / model / account / reply_mode. Raises TypeError for other names."""
         check_session_fields(fields)
         self._check_open()
         state = self._sessions.get(session_key) or SessionState(session_key)

@@ -52,6 +52,8 @@ class SessionRow(Base):
     preset: Mapped[str] = mapped_column(String(255), server_default="")
     model: Mapped[str] = mapped_column(String(255), server_default="")
     account: Mapped[str] = mapped_column(String(255), server_default="")
+    # "text" / "image" / "mixed" chosen by the mode commands; "" follows `[response] mode`
+    reply_mode: Mapped[str] = mapped_column(String(16), server_default="")
     updated_at: Mapped[float] = mapped_column(Float, server_default="0")
 
 

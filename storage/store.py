@@ -22,7 +22,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
 
-import storage.admin  # noqa: F401  (registers the admin tables on Base before create_all)
+import storage.admin  # noqa: F401  (registers the admin tables on Base before they are created)
 from core.backoff import Backoff
 from core.errors import StorageError
 from core.tokens import estimate_tokens
@@ -47,7 +47,8 @@ from storage.errors import (
     retrieve_exception,
     short,
 )
-from storage.models import Base, messages, sessions
+from storage.models import messages, sessions
+from storage.schema import create_or_upgrade
 
 __all__ = ["DatabaseNotWritable", "HistoryStore", "RetryPolicy", "SessionState", "SqlHistoryStore", "StoredTurn"]
 
@@ -303,7 +304,7 @@ class SqlHistoryStore:
         max_id = select(func.coalesce(func.max(m.id), 0)).where(m.session_key == key).scalar_subquery()
         self._reset = _SessionUpsert(dialect, {"session_key": key, "cleared_before": max_id, "updated_at": now}, fast)
         self._get_session = _Statement(
-            select(s.preset, s.model, s.account, s.updated_at).where(s.session_key == key), compile_for
+            select(s.preset, s.model, s.account, s.updated_at, s.reply_mode).where(s.session_key == key), compile_for
         )
 
     @classmethod
@@ -351,7 +352,7 @@ class SqlHistoryStore:
         checking_write = False
         try:
             async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.create_all)
+                await conn.run_sync(create_or_upgrade)
             checking_write = True
             await _check_writable(engine)
             checking_write = False
@@ -562,12 +563,12 @@ class SqlHistoryStore:
         rows = await self._run("reading a session", read, write=False)
         if not rows:
             return SessionState(session_key)
-        preset, model, account, updated_at = rows[0]
-        return SessionState(session_key, preset, model, account, updated_at)
+        preset, model, account, updated_at, reply_mode = rows[0]
+        return SessionState(session_key, preset, model, account, updated_at, reply_mode)
 
     @_finish_even_if_cancelled
     async def update_session(self, session_key: str, /, **fields: str) -> None:
-        """Set preset / model / account. Raises TypeError for other names, StorageError on failure."""
+        """Set preset / model / account / reply_mode. Raises TypeError for other names, StorageError on failure."""
         check_session_fields(fields)
         values: dict[str, ColumnElement[Any]] = {name: bindparam(name) for name in fields}
         values["session_key"] = bindparam("key")

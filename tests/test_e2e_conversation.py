@@ -262,6 +262,50 @@ async def test_mixed_mode_renders_only_long_answers(launch: Any, fake_llm: FakeO
     assert commands[-1]["content"]["messageChain"][0]["type"] == "Image"
 
 
+async def test_mode_commands_change_one_session_and_survive_a_restart(
+    launch: Any, fake_llm: FakeOpenAI, write_config: Callable[..., Path]
+) -> None:
+    chat = await launch({"response": {"image_threshold": 50}})
+
+    async def kinds(text: str, user: int = 20001) -> list[str]:
+        seen = len(chat.mirai.commands)
+        await chat.mirai.push(friend_message(user, text, chat.next_id()))
+        [command] = (await chat.mirai.wait_commands(seen + 1))[seen:]
+        return [element["type"] for element in command["content"]["messageChain"]]
+
+    assert await chat.private("图片模式") == ["已切换至纯图片模式，接下来我的回复将会以图片呈现！"]
+    assert await kinds("短") == ["Image"]
+    assert await kinds("别人的会话", user=20002) == ["Plain"]  # [response] mode stays text for others
+    [ping] = await chat.private("ping")
+    assert "当前模型" in ping
+    assert await chat.private("图文混合模式") == ["已切换至图文混合模式，接下来我的回复将会以图文混合的方式呈现！"]
+    assert await kinds("短") == ["Plain"]
+    fake_llm.reply_fn = lambda body: "很长的回答。" * 20
+    assert await kinds("长") == ["Image"]
+    await chat.mirai.close()
+    await chat.app.stop()
+    again = await launch({"response": {"image_threshold": 50}})
+    seen = len(again.mirai.commands)
+    await again.mirai.push(friend_message(20001, "重启后", 990))
+    [command] = (await again.mirai.wait_commands(seen + 1))[seen:]
+    assert command["content"]["messageChain"][0]["type"] == "Image"  # still mixed after the restart
+    assert await again.private("文本模式") == ["已切换至纯文字模式，接下来我的回复将会以文字呈现（被吞除外）！"]
+    assert await again.private("又一个长回答") == ["很长的回答。" * 20]
+
+
+async def test_mode_commands_follow_the_config_words(launch: Any, fake_llm: FakeOpenAI) -> None:
+    chat = await launch(
+        {
+            "trigger": {"image_only_command": ["出图"], "text_only_command": []},
+            "response": {"switched_to_image": "好的，出图。"},
+        }
+    )
+    assert await chat.private("文本模式") == ["echo: 文本模式"]  # no longer a command: chat
+    assert await chat.private("出图") == ["好的，出图。"]
+    [help_text] = await chat.private("帮助")
+    assert "图文混合模式、出图：" in help_text
+
+
 # --- rate limits ---------------------------------------------------------------------------------
 
 
@@ -289,6 +333,42 @@ async def test_hourly_limits_warning_and_exceed(launch: Any, fake_llm: FakeOpenA
     ]
     assert await chat.private(".设置 群组 默认 额度为 100 条/小时", user=ADMIN)
     assert await chat.group("成员被限", user=20007) == ["已达到额度限制，请等待下一小时继续和我对话。"]
+
+
+async def test_drawing_limits_are_their_own(launch: Any, fake_llm: FakeOpenAI) -> None:
+    account = {"name": "p", "api_key": "sk-a", "api_endpoint": fake_llm.base_url, "image_model": "dall-e-3"}
+    chat = await launch({"openai": {"accounts": [account]}, "ratelimit": {"warning_rate": 0.5}})
+    assert await chat.private(".设置 好友 默认 画图额度为 2 个/小时", user=ADMIN) == [
+        "已设置好友 默认 的画图额度为 2 个/小时。"
+    ]
+    assert await chat.private(".查看 好友 默认 的画图使用情况", user=ADMIN) == ["好友的默认画图额度：2 个/小时。"]
+    assert await chat.private(".查看 好友 默认 的使用情况", user=ADMIN) == ["好友的默认额度：不限。"]
+
+    async def draw(prompt: str, replies: int) -> list[dict[str, Any]]:
+        seen = len(chat.mirai.commands)
+        await chat.mirai.push(friend_message(20001, f"画 {prompt}", chat.next_id()))
+        return (await chat.mirai.wait_commands(seen + replies))[seen:]
+
+    picture, warning = await draw("猫", replies=2)
+    assert picture["content"]["messageChain"][0]["type"] == "Image"
+    assert sent_text(warning).startswith("警告：额度即将耗尽！\n目前已画：1个图，最大限制为2个图")
+    await draw("狗", replies=2)
+    [refused] = await draw("鸟", replies=1)
+    assert sent_text(refused) == "已达到额度限制，请等待下一小时再使用画图功能。"
+    assert len(fake_llm.image_requests) == 2
+    # chatting is not limited by the drawing limit, nor counted against it
+    assert await chat.private("聊天不受影响") == ["echo: 聊天不受影响"]
+    assert await chat.private(".查看 好友 20001 的画图使用情况", user=ADMIN) == [
+        "好友 20001 最近一小时已画 2 个，画图额度 2 个/小时。"
+    ]
+    assert await chat.private(".查看 好友 20001 的使用情况", user=ADMIN) == [
+        "好友 20001 没有额度限制（没有额度时不统计用量）。"
+    ]
+    # v2 wrote the target right before the words, and 张 is understood too
+    assert await chat.private(".设置 群组 30001画图额度为 0 张/小时", user=ADMIN) == [
+        "已设置群组 30001 的画图额度为 0 个/小时。"
+    ]
+    assert await chat.group("画 群里的画") == ["已达到额度限制，请等待下一小时再使用画图功能。"]
 
 
 # --- reload --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -257,6 +258,33 @@ async def test_reopening_the_file_keeps_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: Path, log_lines: list[str]) -> None:
+    # The sessions table as the previous release made it: no reply_mode column, one stored row.
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE sessions (session_key VARCHAR(255) NOT NULL PRIMARY KEY,"
+            " cleared_before INTEGER DEFAULT '0' NOT NULL, preset VARCHAR(255) DEFAULT '' NOT NULL,"
+            " model VARCHAR(255) DEFAULT '' NOT NULL, account VARCHAR(255) DEFAULT '' NOT NULL,"
+            " updated_at FLOAT DEFAULT '0' NOT NULL)"
+        )
+        old.execute("INSERT INTO sessions VALUES ('s', 0, 'cat', 'm', 'a', 5.0)")
+    store = await SqlHistoryStore.open(sqlite_url(path))
+    try:
+        assert await store.get_session("s") == SessionState("s", "cat", "m", "a", 5.0, "")
+        await store.update_session("s", reply_mode="image")
+        await store.append_exchange("s", "q", "r")  # the other tables were created beside it
+    finally:
+        await store.close()
+    store = await SqlHistoryStore.open(sqlite_url(path), driver_fast_path=False)
+    try:
+        state = await store.get_session("s")
+        assert (state.preset, state.reply_mode) == ("cat", "image")
+    finally:
+        await store.close()
+    assert sum("added column sessions.reply_mode" in line for line in log_lines) == 1  # once, then it exists
+
+
 async def test_sqlite_runs_in_wal_mode_with_the_chosen_pragmas(sql_store: SqlHistoryStore) -> None:
     assert await scalar(sql_store, "PRAGMA journal_mode") == "wal"
     assert await scalar(sql_store, "PRAGMA synchronous") == 1  # NORMAL

@@ -15,7 +15,7 @@ import pytest
 
 from core.config import load_config
 from core.errors import ConfigError
-from tests.conftest import free_port, spawn_bot, start_bot
+from tests.conftest import eventually, free_port, spawn_bot, start_bot
 from tests.fakes.openai_server import FakeOpenAI
 
 SAMPLES = Path(__file__).parent / "samples" / "v2_http"
@@ -51,7 +51,6 @@ async def launch(write_config: Callable[..., Path]) -> AsyncIterator[Callable[..
     async def make(http: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Api:
         port = free_port()
         app = await start_bot(write_config({"http": {"port": port, **(http or {})}, "mirai": None, **(extra or {})}))
-        app.adapters["http"].quiet = 0.3  # type: ignore[attr-defined]
         api = Api(app, port)
         apis.append(api)
         return api
@@ -117,6 +116,52 @@ async def test_v2_chat_is_polled_until_done(launch: Callable[..., Any], fake_llm
     # a finished request is forgotten, as v2 did
     _, text = await api.get("/v2/chat/response", params={"request_id": request_id})
     assert json.loads(text) == json.loads((SAMPLES / "v2_response_unknown.json").read_text(encoding="utf-8"))
+
+
+async def test_a_slow_answer_in_several_parts_comes_back_whole(
+    launch: Callable[..., Any], fake_llm: FakeOpenAI
+) -> None:
+    # Parts go out as they are written (buffer_delay 0) with pauses between them: the request
+    # ends when the bot says the answer is finished, not when the parts pause.
+    api = await launch(extra={"response": {"buffer_delay": 0}})
+    fake_llm.reply_fn = lambda body: "第一段。\n\n第二段。\n\n第三段。"
+    fake_llm.chunk_chars, fake_llm.chunk_delay = 4, 0.3
+    status, text = await api.post("/v1/chat", {"session_id": "friend-5", "message": "慢慢说"})
+    body = json.loads(text)
+    assert status == 200 and body["result"] == "DONE"
+    assert "\n\n".join(body["message"]) == "第一段。\n\n第二段。\n\n第三段。"
+    assert len(body["message"]) > 1  # they really were separate messages
+
+
+async def test_a_command_during_an_answer_gets_its_own_reply(launch: Callable[..., Any], fake_llm: FakeOpenAI) -> None:
+    api = await launch()
+    fake_llm.latency = 1.0
+    chat = asyncio.ensure_future(api.post("/v1/chat", {"session_id": "friend-6", "message": "慢问题"}))
+    await eventually(lambda: len(fake_llm.requests) == 1)
+    status, text = await api.post("/v1/chat", {"session_id": "friend-6", "message": "ping"})
+    ping = json.loads(text)
+    assert status == 200 and ping["result"] == "DONE" and not chat.done()
+    [line] = ping["message"]
+    assert line.startswith("当前账号：")
+    status, text = await chat
+    assert json.loads(text) == {"result": "DONE", "message": ["echo: 慢问题"], "voice": [], "image": []}
+
+
+async def test_messages_the_bot_ignores_or_refuses_end_at_once(launch: Callable[..., Any]) -> None:
+    api = await launch(extra={"trigger": {"ignore_regex": ["^忽略"]}})
+    assert api.app.adapters["http"].max_wait > 600  # the safety net is not what ends these
+    async with asyncio.timeout(10):
+        status, text = await api.post("/v1/chat", {"session_id": "friend-7", "message": "忽略我"})
+        assert (status, json.loads(text)["result"]) == (200, "FAILED")
+        await api.app.manager.admin.set_limit("user", "friend-7", 0)
+        status, text = await api.post("/v1/chat", {"session_id": "friend-7", "message": "超额了"})
+        assert json.loads(text) == {
+            "result": "DONE",
+            "message": ["已达到额度限制，请等待下一小时继续和我对话。"],
+            "voice": [],
+            "image": [],
+        }
+    assert not api.app.adapters["http"]._waiting  # type: ignore[attr-defined]
 
 
 async def test_drawing_comes_back_as_a_base64_image(launch: Callable[..., Any], fake_llm: FakeOpenAI) -> None:

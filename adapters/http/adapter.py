@@ -1,9 +1,8 @@
 """v2's HTTP API as a platform: each request is a private message, and the replies to it are its answer.
 
-When is an answer finished? The bot sends an answer as one or more messages and never says "that
-was the last one", so a request collects the replies to its session until none has arrived for
-`quiet` seconds after the first one, or until `max_wait` seconds have passed with nothing at all.
-Replies to a session go to its oldest unfinished request (the bot answers a session in order).
+A request collects every reply to its message (a reply names the message it answers) until the
+conversation layer says it is done with that message (`answered`): then `/v1/chat` returns and a
+`/v2/chat/response` poll says DONE. `max_wait` is only a safety net for a bug upstream.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from core.errors import AdapterError
 from core.event import ChatType, MessageEvent, Target
 from core.message import Message, Text
 
-QUIET_SECONDS = 3.0  # an answer's parts follow each other within this; tests shorten it
-MAX_WAIT_SECONDS = 630.0  # `[response] max_timeout` (600) and a margin: the model has given up by then
+MAX_WAIT_SECONDS = 660.0  # `[response] max_timeout` (600) and a margin: the model has given up by then
 KEEP_SECONDS = 600.0  # v2 forgot a /v2 request 10 minutes after it was made
 MAX_OPEN = 1000  # /v2 requests kept at once; a client that never polls cannot fill the memory
 MAX_FIELD = 256  # session_id / username length
@@ -49,7 +47,7 @@ class _Request:
     result: Result = field(default_factory=Result)
     status: str = SUCCESS
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # a reply came since the last look
+    said: bool = False  # a reply came (a poll may have taken it from `result` already)
 
 
 class HttpApiAdapter(Adapter):
@@ -62,7 +60,6 @@ class HttpApiAdapter(Adapter):
         super().__init__(instance, settings, sink)
         self.settings: HttpSettings = settings
         self.port: int | None = None
-        self.quiet = QUIET_SECONDS
         self.max_wait = MAX_WAIT_SECONDS
         self._runner: web.AppRunner | None = None
         self._waiting: dict[str, deque[_Request]] = {}  # session_id -> its unfinished requests, oldest first
@@ -86,50 +83,57 @@ class HttpApiAdapter(Adapter):
             self.log.warning("the HTTP API listens on {}: every request must carry [http] token", self.settings.host)
 
     async def stop(self) -> None:
-        """Close the listener; requests still waiting are answered as failed."""
+        """Close the listener; requests still waiting are closed with what they have (failed if nothing)."""
         await super().stop()
         for queue in list(self._waiting.values()):
             for request in list(queue):
-                self._finish(request, answered=bool(request.result.message or request.result.image))
+                self._finish(request)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     # --- replies --------------------------------------------------------------------------------
 
-    async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
-        queue = self._waiting.get(target.user_id)
+    def _request_for(self, session_id: str, request_id: str) -> _Request | None:
+        """The open request `request_id` of the session; without an id (a reply to no message in
+        particular), the session's oldest open request."""
+        queue = self._waiting.get(session_id)
         if not queue:
+            return None
+        if not request_id:
+            return queue[0]
+        return next((request for request in queue if request.request_id == request_id), None)
+
+    async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
+        request = self._request_for(target.user_id, target.message_id)
+        if request is None:
             self.log.warning("dropped a reply to {}: no request is waiting for it", target.describe())
             return None
-        request = queue[0]
         await collect(request.result, message)
-        request.arrived.set()
+        request.said = True
         if self.settings.debug:
             self.log.info("reply for request {}: {}", request.request_id, message)
         return None
 
-    async def _answer(self, request: _Request) -> None:
-        """Wait until the request's answer is finished (see the module's docstring), then close it."""
-        answered = False
-        try:
-            deadline = time.monotonic() + self.max_wait
-            while True:
-                wait = self.quiet if answered else deadline - time.monotonic()
-                if wait <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(wait):
-                        await request.arrived.wait()
-                except TimeoutError:
-                    break
-                request.arrived.clear()
-                answered = True
-        finally:
-            self._finish(request, answered)
+    def answered(self, event: MessageEvent) -> None:
+        """The bot is done with the request's message: its answer is complete."""
+        request = self._request_for(event.user_id, event.message_id) if event.message_id else None
+        if request is not None:
+            self._finish(request)
 
-    def _finish(self, request: _Request, answered: bool) -> None:
-        """Close a request: no more replies go to it, and whoever waits for it gets its result."""
+    async def _answer(self, request: _Request) -> None:
+        """The safety net: a request nobody closed within `max_wait` is closed with what it has."""
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await request.done.wait()
+        except TimeoutError:
+            self.log.warning("request {} got no end of its answer in {:.0f}s", request.request_id, self.max_wait)
+        finally:
+            self._finish(request)
+
+    def _finish(self, request: _Request) -> None:
+        """Close a request: no more replies go to it, and whoever waits for it gets its result
+        (DONE, or FAILED when nothing at all was said)."""
         if request.done.is_set():
             return
         queue = self._waiting.get(request.session_id)
@@ -137,7 +141,7 @@ class HttpApiAdapter(Adapter):
             queue.remove(request)
             if not queue:
                 del self._waiting[request.session_id]
-        if answered:
+        if request.said:
             request.status = DONE
         else:
             request.status = FAILED
@@ -196,7 +200,7 @@ class HttpApiAdapter(Adapter):
         except Exception:
             # The boundary answers 400; the request must not wait for a reply that will not come.
             waiter.cancel()  # a task cancelled before it runs never reaches its `finally`
-            self._finish(bot_request, answered=False)
+            self._finish(bot_request)
             raise
         return bot_request
 

@@ -176,11 +176,14 @@ def _face(d: _Data, depth: int) -> Face:
     face_id = _number_id(d, "id")
     if not face_id:
         raise _Malformed("id")
-    # NapCat adds the NTQQ element as `raw`; its faceText ("/微笑") is the only place a name appears.
+    # NapCat adds the NTQQ element as `raw`; its faceText is the only place a name appears: "/微笑" for
+    # classic faces, "[打call]" for newer ones (recorded NapCat traffic, tests/samples/onebot/real.json).
     raw = d.get("raw")
     raw = raw if isinstance(raw, Mapping) else {}
     name = raw.get("faceText")
     name = name.lstrip("/") if isinstance(name, str) else ""
+    if len(name) > 2 and name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
     # NTQQ face type 3 is a super (large, animated) face; LLOneBot reports it as sub_type.
     big = _int(d, "sub_type") == 3 or _int(raw, "faceType") == 3
     return Face(face_id, name, big)

@@ -37,6 +37,7 @@ class App:
         # systemd restarts it (a running bot is always a connected or listening one).
         self.all_stopped = asyncio.Event()
         self.stopped_reason = ""
+        self.ready = False  # every part exists (the web console waits for this)
 
     def statuses(self) -> list[AdapterStatus]:
         """Every platform's links, as data."""
@@ -62,7 +63,7 @@ class App:
 
         settings = self.settings
         if settings.web.enable and not self.console:
-            self.web = WebServer(settings.web, self.statuses)
+            self.web = WebServer(settings.web, self.statuses, self)
             await self.web.start()
             self._closers.append(("web server", self.web.stop))
         self.store = await SqlHistoryStore.open(settings.database.url)
@@ -80,6 +81,7 @@ class App:
         self.manager.seen = await SqlSeenEvents.open(self.store.engine)
         self._closers.insert(1, ("seen events", self.manager.seen.close))
         self.manager.adapters = self.adapters
+        self.ready = True
         for instance, (name, section) in self._platforms(settings).items():
             await self._start_adapter(instance, name, section)
 

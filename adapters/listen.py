@@ -12,9 +12,10 @@ from aiohttp.web_protocol import RequestHandler
 from loguru import logger
 
 from adapters.frames import MAX_BODY, preview
+from core.config import LOOPBACK
 from core.errors import AdapterError
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+__all__ = ["LOOPBACK", "bearer_token", "header", "listen", "listener_app", "secret_matches"]
 MAX_CONNECTIONS = 256  # a QQ protocol program needs a few; more is a client gone wrong or an attack
 HEADER_TIMEOUT = 10.0  # a client that has not sent its request headers by then is cut off
 HEARTBEAT = 30.0

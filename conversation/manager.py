@@ -403,6 +403,16 @@ class ConversationManager:
         today = datetime.date.today()
         self._today = (today, count + 1 if day == today else 1)
 
+    def queues(self) -> dict[str, int]:
+        """Work in hand: sessions with chat work, messages waiting, answers running, commands running."""
+        sessions = list(self._sessions.values())
+        return {
+            "sessions": len(sessions),
+            "waiting": sum(len(session.waiting) for session in sessions),
+            "answering": sum(session.answering for session in sessions),
+            "commands": sum(len(tasks) for tasks in self._commands.values()),
+        }
+
     def status(self) -> str:
         """Uptime, platform links, queues and today's answers, for `.状态`."""
         uptime = int(time.time() - self.started_at)

@@ -22,12 +22,14 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
 from core.errors import ConfigError, escape_control
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that keep a listener on this machine
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 
 
@@ -336,11 +338,27 @@ class LogSettings(Section):
 
 
 class WebSettings(Section):
-    """`[web]`: the bot's own HTTP server (`/healthz` for Docker and monitoring)."""
+    """`[web]`: the bot's own HTTP server: `/healthz`, the web console and `/metrics`."""
 
     enable: bool = True
     host: str = "127.0.0.1"
     port: Port = 8560
+    console: bool = True  # the web console (控制台); it opens only once `password` is set
+    # as written, or a hash from `python -m web.console.password` ("pbkdf2_sha256$…")
+    password: SecretStr = Field(default=SecretStr(""), validate_default=True)
+    metrics: bool = False  # GET /metrics in Prometheus' format
+    metrics_token: SecretStr = SecretStr("")  # when set, /metrics wants `Authorization: Bearer <token>`
+
+    @field_validator("password")
+    @classmethod
+    def _password_beyond_loopback(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        host = info.data.get("host", "127.0.0.1")
+        if info.data.get("console", True) and host not in LOOPBACK and not value.get_secret_value():
+            raise ValueError(
+                f"监听 {host} 时控制台必须设置密码，或设置 console = false "
+                "(required when host is not 127.0.0.1, or set console = false)"
+            )
+        return value
 
 
 class Settings(Section):

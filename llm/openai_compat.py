@@ -30,6 +30,7 @@ from llm.pool import (
     RETRY_AFTER_CAP,
     Account,
     AccountPool,
+    AccountState,
     Delivery,
     Failure,
     default_backoff,
@@ -339,6 +340,10 @@ class OpenAICompatible:
             for i, account in enumerate(settings.accounts)
         ]
         self._pool.configure(self._accounts, settings.max_retries + 1)
+
+    def states(self) -> list[AccountState]:
+        """Every account's readiness, for the console."""
+        return self._pool.states()
 
     def reload(self, settings: OpenAISettings) -> None:
         """Use new account settings: disabled keys get another chance, cool-downs start over."""

@@ -146,6 +146,19 @@ class Account:
         self.cooling_until = max(self.cooling_until, time.monotonic() + seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """One account as the console shows it."""
+
+    name: str
+    model: str
+    state: str  # "ready", "cooling" or "disabled"
+    reason: str  # why disabled ("auth", "network"...), "" otherwise
+    cooling_until: float  # wall-clock time the cool-down ends (0 when not cooling)
+    in_flight: int
+    limit: int  # concurrency right now (halved for a while after a 429)
+
+
 @dataclass(slots=True)
 class Delivery:
     """Hands streamed text to the caller and remembers that it did (no failover after that)."""
@@ -205,6 +218,19 @@ class AccountPool:
         """
         self.accounts = list(accounts)
         self._attempts = max(1, attempts)
+
+    def states(self) -> list[AccountState]:
+        """Every account's readiness, for the console."""
+        now, wall = time.monotonic(), time.time()
+        found: list[AccountState] = []
+        for a in self.accounts:
+            cooling = a.cooling_until > now
+            state = "disabled" if a.disabled else "cooling" if cooling else "ready"
+            until = wall + (a.cooling_until - now) if cooling else 0.0
+            found.append(
+                AccountState(a.name, a.model, state, a.disabled or "", until, a.slots.in_flight, a.slots.effective)
+            )
+        return found
 
     def order(self, preferred: str | None, model: str | None, vision: bool = False) -> list[Account]:
         """The accounts to try: ready vision ones for images, the preferred one, those naming `model`, ready

@@ -43,7 +43,7 @@ class Console:
 
     def setup(self, app: web.Application) -> None:
         """Add the guard, the login routes, static files and every page to `app`."""
-        from web.console.pages import PAGES
+        from web.console.pages import pages
 
         self._app = app
         app.middlewares.append(self.guard.middleware)
@@ -51,7 +51,7 @@ class Console:
         app.router.add_post("/login", self._login)
         app.router.add_post("/logout", self._logout)
         app.router.add_static("/static/", WEB / "static", append_version=True)
-        for setup in PAGES:
+        for setup in pages():
             setup(self)
 
     def page(self, path: str, title: str, handler: Handler) -> None:

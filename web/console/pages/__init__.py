@@ -1,13 +1,20 @@
-"""The console's pages, in navigation order; each module's `setup(console)` adds its routes."""
+"""The console's pages: every module here has `ORDER` (its place in the navigation) and `setup(console)`."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from web.console.pages import dashboard
 
 if TYPE_CHECKING:
     from web.console.app import Console
 
-PAGES: list[Callable[[Console], None]] = [dashboard.setup]
+
+def pages() -> list[Callable[[Console], None]]:
+    """Each page module's `setup`, in navigation order."""
+    found: list[tuple[int, str, Callable[[Console], None]]] = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.append((module.ORDER, info.name, module.setup))
+    return [setup for _, _, setup in sorted(found, key=lambda item: item[:2])]

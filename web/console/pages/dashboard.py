@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from web.console.app import Console
 
+ORDER = 10
 REFRESH_SECONDS = 3
 
 

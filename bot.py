@@ -19,6 +19,7 @@ from core.config import Settings, collect_secrets, load_config, platform_names
 from core.errors import BotError, ConfigError
 from core.log import setup_logging
 from core.loop import quiet_repeated_loop_errors
+from core.metrics import Metrics
 
 EXIT_CONFIG = 2
 EXIT_START = 1
@@ -38,6 +39,10 @@ class App:
         self.all_stopped = asyncio.Event()
         self.stopped_reason = ""
         self.ready = False  # every part exists (the web console waits for this)
+        self.metrics = Metrics()
+        self.metrics.links = lambda: [
+            (status.instance, link.name, link.healthy) for status in self.statuses() for link in status.links
+        ]
 
     def statuses(self) -> list[AdapterStatus]:
         """Every platform's links, as data."""
@@ -71,12 +76,13 @@ class App:
         self.admin = AdminStore(self.store.engine)
         await self.admin.load()
         self._closers.insert(0, ("admin store", self.admin.close))
-        self.model = OpenAICompatible(settings.openai)
+        self.model = OpenAICompatible(settings.openai, observer=self.metrics)
         self._closers.append(("model clients", self.model.close))
         self.presets = PresetBook(settings.presets)
         self.manager = ConversationManager(
-            settings, self.store, self.model, self.presets, self.admin, reload=self.reload
+            settings, self.store, self.model, self.presets, self.admin, reload=self.reload, metrics=self.metrics
         )
+        self.metrics.queue_depth = lambda: self.manager.queues()["waiting"]
         self._closers.insert(0, ("conversations", self.manager.stop))
         self.manager.seen = await SqlSeenEvents.open(self.store.engine)
         self._closers.insert(1, ("seen events", self.manager.seen.close))

@@ -19,6 +19,7 @@ from core.config import Settings
 from core.errors import LLMError, StorageError
 from core.event import MessageEvent
 from core.message import Image, Quote, describe
+from core.metrics import OK
 from core.tokens import Calibration, estimate_tokens
 from llm.base import ChatModel, ChatTurn, ReplyStopped
 from llm.images import ImageFetcher
@@ -78,8 +79,10 @@ class ChatFlow:
                 segments.extend(seg.origin)
         return [seg.url for seg in segments if isinstance(seg, Image) and seg.url.startswith(("http://", "https://"))]
 
-    async def answer(self, job: Job) -> None:
-        """Ask the model and send its answer; on failure tell the user briefly and store nothing."""
+    async def answer(self, job: Job) -> str:
+        """Ask the model and send its answer; on failure tell the user briefly and store nothing.
+
+        Returns the outcome: "ok", or the failure kind (timeout, auth, moderated, ...)."""
         state = await self.sessions.get(job.session_key)
         idle_limit = self.settings.system.auto_reset_timeout_seconds
         if idle_limit and state.updated_at and time.time() - state.updated_at > idle_limit:
@@ -134,13 +137,14 @@ class ChatFlow:
                 0 if images else estimated,
             )
             if failure != "context_length":
-                return
+                return failure or OK
             if attempt == 2 or not history:
                 await self.replier.send(job.event, failure_text(self.settings.response.error_format, failure), True)
-                return
+                return failure
             # The model's context is smaller than the budget assumed: once more with half the history sent.
             self.log.warning("session {} exceeded the model's context; retrying with a smaller window", job.session_key)
             budget = sum(turn.tokens for turn in history) // 2
+        return "context_length"  # not reached: the second attempt returns above
 
     async def _ask(
         self,

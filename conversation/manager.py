@@ -28,6 +28,7 @@ from conversation.triggers import TriggerRules
 from core.config import Settings
 from core.errors import StorageError
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
+from core.metrics import Metrics
 from core.tasks import TaskSet
 from llm.base import ChatModel
 from llm.images import ImageFetcher
@@ -73,8 +74,10 @@ class ConversationManager:
         admin: AdminStore,
         images: ImageFetcher | None = None,
         reload: Callable[[], Awaitable[str]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.model = model
         self.presets = presets
         self.admin = admin
@@ -91,7 +94,7 @@ class ConversationManager:
         self.seen: SeenEvents = MemorySeenEvents()  # App.start() puts the database's store here
         self.tasks = TaskSet("conversation")
         self.log = logger.bind(adapter="chat")
-        self.replier = Replier(settings, self._adapters)
+        self.replier = Replier(settings, self._adapters, self.metrics)
         # The order DESIGN.md gives; each step may end the message's way (a reply, or silence).
         self.steps: list[Step] = [
             self._dedupe,
@@ -143,6 +146,7 @@ class ConversationManager:
     async def handle(self, event: Event) -> None:
         """The sink every adapter feeds; returns quickly (work happens in session workers)."""
         if isinstance(event, MessageEvent):
+            self.metrics.message_in(event.adapter)
             ctx = Context(self.adapters.get(event.adapter))
             try:
                 await pipeline.run(self.steps, event, ctx)
@@ -247,6 +251,7 @@ class ConversationManager:
                 if not ctx.rate.allowed:
                     ratelimit = self.settings.ratelimit
                     self._say(event, ctx, ratelimit.draw_exceed if quota == DRAW else ratelimit.exceed, "rate-limited")
+                    self.metrics.answer("rate_limited")
                     return False
                 await self.admin.record(None, *limited)
         except StorageError:
@@ -284,6 +289,7 @@ class ConversationManager:
             session = self._sessions[key] = _Session()
         if response.max_queue_size and len(session.waiting) >= response.max_queue_size:
             self._say(event, ctx, response.queue_full, "queue-full")
+            self.metrics.answer("queue_full")
             return
         # A chat message sent after "切换模型 …" or a reset is answered with that change made.
         job = Job(event, ctx.prompt, key, ctx.admin, rate=ctx.rate)
@@ -370,19 +376,27 @@ class ConversationManager:
                 await self.replier.send(job.event, await job.command(job, job.argument))
                 await self._warn_near_limit(job)
             elif self.words.found(job.prompt):
+                self.metrics.answer("refused")
                 await self.replier.send(job.event, self.settings.moderation.input_message)
             else:
                 await self._chat(job)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
+            if job.command is None:
+                self.metrics.answer("storage")
             await self.replier.send(job.event, failure_text(self.settings.response.error_format, "storage"))
 
     async def _chat(self, job: Job) -> None:
         """The model's answer; a warning follows it when the sender's rate limit is near."""
         event = job.event
         # A busy group gets at most group_concurrency of the global slots at a time.
-        async with self._group_slot(event.group_id), self._slots:
-            await self.chat.answer(job)
+        try:
+            async with self._group_slot(event.group_id), self._slots:
+                outcome = await self.chat.answer(job)
+        except asyncio.CancelledError:
+            self.metrics.answer("stopped")
+            raise
+        self.metrics.answer(outcome)
         self._count_answer()
         await self._warn_near_limit(job)
 

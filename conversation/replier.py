@@ -16,6 +16,7 @@ from core.config import Settings
 from core.errors import BotError, MessageSwallowedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Target
 from core.message import Forward, ForwardNode, Image, Message, Text, describe
+from core.metrics import Metrics
 
 if TYPE_CHECKING:
     from conversation.render_image import MarkdownRenderer
@@ -31,9 +32,10 @@ class Replier:
     adapters added later are seen.
     """
 
-    def __init__(self, settings: Settings, adapters: dict[str, Adapter]) -> None:
+    def __init__(self, settings: Settings, adapters: dict[str, Adapter], metrics: Metrics | None = None) -> None:
         self.adapters = adapters
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self._renderer: MarkdownRenderer | None = None
         self._render_lock = asyncio.Lock()  # one renderer, used by one thread at a time
         self.log = logger.bind(adapter="chat")
@@ -76,6 +78,7 @@ class Replier:
         """One message; when the platform swallowed it in every form it knows, once more as a picture."""
         try:
             await adapter.send(target, message, quote=quote)
+            self.metrics.message_out(adapter.instance)
             return True
         except MessageSwallowedError:
             pass
@@ -88,6 +91,7 @@ class Replier:
             self.log.warning("resending the swallowed message to {} as a picture", target.describe())
             try:
                 await adapter.send(target, (Image(base64=base64.b64encode(png).decode()),))
+                self.metrics.message_out(adapter.instance)
                 return True
             except BotError:
                 pass  # swallowed again (or failed): said below

@@ -31,6 +31,7 @@ from llm.pool import (
     Account,
     AccountPool,
     AccountState,
+    CallObserver,
     Delivery,
     Failure,
     default_backoff,
@@ -161,10 +162,11 @@ def _messages(turns: Sequence[ChatTurn], vision: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _prompt_tokens(data: object) -> int | None:
-    """`usage.prompt_tokens` of a completion or a stream's last chunk, when the server reported it."""
+def _usage(data: object, field: str) -> int | None:
+    """`usage.<field>` (prompt_tokens, completion_tokens) of a completion or a stream's last chunk,
+    when the server reported it."""
     usage = data.get("usage") if isinstance(data, dict) else None
-    value = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    value = usage.get(field) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and value > 0 else None
 
 
@@ -308,6 +310,7 @@ class OpenAICompatible:
         *,
         backoff_factory: Callable[[], Backoff] = default_backoff,
         retry_after_cap: float = RETRY_AFTER_CAP,
+        observer: CallObserver | None = None,
     ) -> None:
         self._pool = AccountPool(
             attempt=self._attempt,
@@ -315,6 +318,7 @@ class OpenAICompatible:
             scrub=_scrubbed,
             backoff_factory=backoff_factory,
             retry_after_cap=retry_after_cap,
+            observer=observer,
         )
         self._configure(settings)
         self._retired: list[openai.AsyncOpenAI] = []
@@ -531,7 +535,8 @@ class OpenAICompatible:
             # A stream that ends cleanly ([DONE] or a complete body) after text is a whole answer even
             # without finish_reason (llama.cpp and some proxies omit it); a dropped connection ends in a
             # read error instead. No text at all is how llama.cpp answers a prompt over its context.
-            delivery.prompt_tokens = _prompt_tokens(chunk)  # usage comes in the last chunk
+            delivery.prompt_tokens = _usage(chunk, "prompt_tokens")  # usage comes in the last chunk
+            delivery.completion_tokens = _usage(chunk, "completion_tokens")
             if not parts:
                 raise EmptyStreamError
             if thinking:
@@ -539,7 +544,8 @@ class OpenAICompatible:
                 await delivery.emit(parts[-1])
         else:
             data = await client.post("/chat/completions", body=body, cast_to=object)
-            delivery.prompt_tokens = _prompt_tokens(data)
+            delivery.prompt_tokens = _usage(data, "prompt_tokens")
+            delivery.completion_tokens = _usage(data, "completion_tokens")
             reasoning = _choice_content(data, "message", "reasoning_content")
             content = _choice_content(data, "message")
             answered = bool(content.strip())

@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from loguru import logger
 
@@ -167,6 +168,7 @@ class Delivery:
     delivered: bool = False
     max_reply_tokens: int | None = None  # the caller's completion limit, for the attempt to send
     prompt_tokens: int | None = None  # set by an attempt from the server's reported usage
+    completion_tokens: int | None = None
 
     async def emit(self, text: str) -> None:
         if self.sink is not None and text:
@@ -179,6 +181,19 @@ Attempt = Callable[[Account, Sequence[ChatTurn], str, Delivery], Awaitable[str]]
 Classifier = Callable[[BaseException], Failure]
 # Provider text for the log with the account's secrets removed.
 Scrubber = Callable[[str, Account], str]
+
+
+class CallObserver(Protocol):
+    """Told about every attempt on an account (core.metrics.Metrics is one)."""
+
+    def model_call(
+        self,
+        account: str,
+        seconds: float,
+        failure: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None: ...
 
 
 class AccountPool:
@@ -201,8 +216,10 @@ class AccountPool:
         scrub: Scrubber,
         backoff_factory: Callable[[], Backoff] = default_backoff,
         retry_after_cap: float = RETRY_AFTER_CAP,
+        observer: CallObserver | None = None,
     ) -> None:
         self.accounts: list[Account] = []
+        self._observer = observer
         self._attempt = attempt
         self._classify = classify
         self._scrub = scrub
@@ -301,14 +318,18 @@ class AccountPool:
         failure = Failure("server")
         for attempt in range(1, self._attempts + 1):
             await account.slots.acquire()
+            started = time.monotonic()
             try:
                 text = await self._attempt(account, turns, model, delivery)
                 account.strikes, account.cooling_until = 0, 0.0
+                self._observe(account, started, None, delivery)
                 return text
             except ReplyStopped:  # the caller ended the answer on purpose: no retry, no failover
+                self._observe(account, started, None, delivery)
                 raise
             except Exception as exc:  # any provider surprise must end as AllAccountsFailed
                 failure = self._classify(exc)
+                self._observe(account, started, failure.kind, delivery)
             finally:
                 account.slots.release()
             if failure.kind == "auth" or failure.broken_account:
@@ -349,6 +370,12 @@ class AccountPool:
                 return failure
             await asyncio.sleep(wait)
         return failure
+
+    def _observe(self, account: Account, started: float, failure: str | None, delivery: Delivery) -> None:
+        if self._observer is not None:
+            seconds = time.monotonic() - started
+            tokens = (delivery.prompt_tokens, delivery.completion_tokens) if failure is None else (None, None)
+            self._observer.model_call(account.name, seconds, failure, *tokens)
 
     def _cool(self, account: Account) -> None:
         account.strikes += 1

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from adapters.base import AdapterStatus
-from adapters.listen import LOOPBACK, listen, listener_app
+from adapters.listen import LOOPBACK, bearer_token, listen, listener_app, secret_matches
 from core.config import WebSettings
 from core.errors import AdapterError
 from web.console.bot import ConsoleBot
@@ -36,6 +38,8 @@ class WebServer:
         """Listen on `[web] host`/`port`; raises AdapterError when the port is taken."""
         app = listener_app()
         app.router.add_get("/healthz", self._healthz)
+        if self.bot is not None and self.settings.metrics:
+            app.router.add_get("/metrics", self._metrics)
         if self.bot is not None and self.settings.console:
             from web.console.app import Console  # Jinja2 loads only when the console is on
 
@@ -73,6 +77,17 @@ class WebServer:
         statuses = list(self.statuses())
         healthy = bool(statuses) and all(status.healthy for status in statuses)
         return healthy, {"status": "ok" if healthy else "unhealthy", "platforms": [s.as_dict() for s in statuses]}
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus' text format; with `[web] metrics_token`, only for `Authorization: Bearer <token>`."""
+        token = self.settings.metrics_token.get_secret_value()
+        if token and not secret_matches(bearer_token(request), token):
+            return web.Response(
+                status=401, text="wrong or missing metrics token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        assert self.bot is not None  # the route exists only with a bot
+        body = await asyncio.to_thread(self.bot.metrics.exposition)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         healthy, report = self.health()

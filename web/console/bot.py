@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from conversation.manager import ConversationManager
     from conversation.presets import PresetBook
     from core.config import Settings
+    from core.metrics import Metrics
     from llm.openai_compat import OpenAICompatible
     from storage.admin import AdminStore
     from storage.store import SqlHistoryStore
@@ -25,6 +26,7 @@ class ConsoleBot(Protocol):
     model: OpenAICompatible
     presets: PresetBook
     manager: ConversationManager
+    metrics: Metrics
 
     def statuses(self) -> list[AdapterStatus]:
         """Every platform's links, as data."""

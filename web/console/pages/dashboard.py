@@ -1,7 +1,8 @@
-"""仪表盘 Dashboard: every platform link, every model account, the queues; refreshed every few seconds."""
+"""仪表盘 Dashboard: platform links, model accounts, queues, answers per hour and recent failures; refreshed live."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -26,9 +27,14 @@ def setup(console: Console) -> None:
 
 def _facts(console: Console) -> dict[str, Any]:
     bot = console.bot
+    metrics = bot.metrics
+    hours = metrics.answers_per_hour()
     return {
         "platforms": bot.statuses(),
-        "accounts": bot.model.states(),
+        "accounts": [(state, metrics.account_calls(state.name)) for state in bot.model.states()],
         "queues": bot.manager.queues(),
-        "now": console.clock(),
+        "failures": metrics.failures_last_hour(),
+        "answered_today": sum(ok + failed for _, ok, failed in hours),
+        # for the chart (web/static/dashboard.js): [hour starts], [ok answers], [failed answers]
+        "chart": json.dumps([[h for h, _, _ in hours], [ok for _, ok, _ in hours], [f for _, _, f in hours]]),
     }

@@ -46,7 +46,7 @@ class App:
 
     def statuses(self) -> list[AdapterStatus]:
         """Every platform's links, as data."""
-        return [adapter.status() for adapter in self.adapters.values()]
+        return [adapter.status() for adapter in self.adapters.values() if adapter.counts_for_health]
 
     def _platform_stopped(self) -> None:
         statuses = self.statuses()
@@ -87,6 +87,10 @@ class App:
         self.manager.seen = await SqlSeenEvents.open(self.store.engine)
         self._closers.insert(1, ("seen events", self.manager.seen.close))
         self.manager.adapters = self.adapters
+        if settings.web.enable and settings.web.console and not self.console:
+            from adapters.webchat.adapter import WebChatAdapter
+
+            await self._start_adapter("web", "web", None, WebChatAdapter)
         self.ready = True
         for instance, (name, section) in self._platforms(settings).items():
             await self._start_adapter(instance, name, section)
@@ -101,8 +105,10 @@ class App:
             found[name if counts[name] == 1 else f"{name}#{counts[name]}"] = (name, section)
         return found
 
-    async def _start_adapter(self, instance: str, name: str, section: Any) -> None:
-        adapter = adapter_factory(name)(instance, section, self.manager.handle)
+    async def _start_adapter(
+        self, instance: str, name: str, section: Any, factory: Callable[..., Adapter] | None = None
+    ) -> None:
+        adapter = (factory or adapter_factory(name))(instance, section, self.manager.handle)
         adapter.on_stopped = self._platform_stopped
         self.adapters[instance] = adapter
         await adapter.start()

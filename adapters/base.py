@@ -93,6 +93,8 @@ class Adapter(ABC):
     max_frame: ClassVar[int] = MAX_FRAME  # one WebSocket frame
     max_body: ClassVar[int] = MAX_BODY  # one webhook body or SSE event
     durable_dedupe: ClassVar[bool] = False  # events can be replayed: remember their ids in the database
+    counts_for_health: ClassVar[bool] = True  # a QQ link (the console's chat page is not)
+    wants_drafts: ClassVar[bool] = False  # shows a streamed answer live (`draft`) before its messages
 
     def __init__(self, instance: str, settings: Any, sink: EventSink) -> None:
         self.instance = instance
@@ -209,6 +211,9 @@ class Adapter(ABC):
     @abstractmethod
     async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
         """Send now; raise NotConnectedError when the link is down. Returns the message id."""
+
+    async def draft(self, event: MessageEvent, text: str) -> None:  # noqa: B027 (a hook: most platforms need nothing)
+        """The visible text of the answer to `event` so far (only for `wants_drafts` platforms)."""
 
     def answered(self, event: MessageEvent) -> None:  # noqa: B027 (a hook: most platforms need nothing)
         """The bot has said all it will say about `event` (possibly nothing: an ignored message).

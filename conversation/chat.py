@@ -177,11 +177,15 @@ class ChatFlow:
         fed = 0  # characters received, reasoning included: a cheap upper bound of the visible text
         capped = False
 
+        drafts = self.replier.wants_drafts(job.event)
+
         async def on_delta(piece: str) -> None:
             nonlocal fed, capped
             fed += len(piece)
             if not cap or fed <= cap:
                 await outbox.add(stream.feed(piece))
+                if drafts and not outbox.refused:
+                    await self.replier.draft(job.event, self.words.mask(stream.text))
                 return
             parts: list[str] = []
             while piece:  # feed only up to the cap; reasoning (not visible) does not count

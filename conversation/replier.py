@@ -50,6 +50,17 @@ class Replier:
         adapter = self.adapters.get(event.adapter)
         return adapter.max_text_length if adapter is not None else DEFAULT_TEXT_LIMIT
 
+    def wants_drafts(self, event: MessageEvent) -> bool:
+        """Whether the platform of `event` shows a streamed answer live (the console's chat page)."""
+        adapter = self.adapters.get(event.adapter)
+        return adapter is not None and adapter.wants_drafts
+
+    async def draft(self, event: MessageEvent, text: str) -> None:
+        """The visible answer so far, for a platform that `wants_drafts`."""
+        adapter = self.adapters.get(event.adapter)
+        if adapter is not None:
+            await adapter.draft(event, text)
+
     def outbox(self, event: MessageEvent, words: WordFilter, refusing: bool, delay: float, mode: str) -> Outbox:
         """A buffer for the parts of one streamed answer to `event`, delivered in reply `mode`."""
         return Outbox(self, event, words, refusing, delay, mode)

@@ -1,0 +1,1 @@
+"""The web console's chat page as a platform."""

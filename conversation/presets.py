@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 from loguru import logger
 
 from core.config import PresetSettings
+from core.errors import BotError
 from core.tokens import estimate_tokens
 from llm.base import ChatTurn
 
@@ -20,6 +24,14 @@ _PLACEHOLDER = re.compile(r"\{(prompt|nickname|date|time|last_resp)\}")
 _DATE_PLACEHOLDER = re.compile(r"\{(date|time)\}")
 # Any fixed moment will do for the estimate: the formatted date and time always have the same length.
 _SAMPLE_TIME = datetime(2000, 1, 1)
+
+MAX_PRESET_BYTES = 64 * 1024  # a preset file written by the console is at most this big (UTF-8)
+MAX_NAME_CHARS = 64
+ROLE_WORDS = "system: / user: / assistant: / user_send:"
+# Letters, digits, _ and -, and CJK (ideographs, kana, hangul): no dots, separators or spaces.
+_NAME = re.compile(r"[A-Za-z0-9_\-\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+# A paragraph that starts the way a role does, such as `bot:` or `sytem：`; not `https://`.
+_ROLE_LIKE = re.compile(r"^([A-Za-z_]{1,20})[ \t]*[:：](?!//)")
 
 
 def _format_date(now: datetime) -> str:
@@ -118,6 +130,102 @@ def parse_preset(text: str, name: str = "", path: str = "") -> Preset:
     return Preset(name, tuple(turns), user_send, path)
 
 
+# --- checking a preset before it is written ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresetProblem:
+    """Why a preset text is refused; `line` is 1-based (0: the text as a whole)."""
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"第 {self.line} 行：{self.message}" if self.line else self.message
+
+
+class PresetError(BotError):
+    """A preset change was refused; str() is one line for the user, `problems` the faults of the text."""
+
+    def __init__(self, message: str, problems: Sequence[PresetProblem] = ()) -> None:
+        self.problems = tuple(problems)
+        super().__init__(message)
+
+
+def check_preset_name(name: str) -> str:
+    """Why `name` cannot be a new preset's name, in one line; "" when it can."""
+    if not name:
+        return "请填写预设名称 (name required)"
+    if len(name) > MAX_NAME_CHARS:
+        return f"预设名称太长：最多 {MAX_NAME_CHARS} 个字符 (name too long)"
+    if ".." in name or "/" in name or "\\" in name:
+        return "预设名称不能包含路径（/、\\ 或 ..）(no paths in a name)"
+    if _NAME.fullmatch(name) is None:
+        return "预设名称只能用字母、数字、汉字、_ 和 - (letters, digits, CJK, _ and - only)"
+    return ""
+
+
+def check_preset(text: str) -> list[PresetProblem]:
+    """Everything wrong with `text` as a preset written by hand; empty when it may be saved.
+
+    Stricter than `parse_preset`, which accepts anything: the first paragraph must start with a role
+    word (a later one without a role continues the turn before it, as `parse_preset` reads it, so a
+    system prompt may hold blank lines), an unknown role word is refused, a role word must be
+    followed by text, and the preset must not be empty or over MAX_PRESET_BYTES.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PRESET_BYTES:
+        return [PresetProblem(0, f"预设太大：{size} 字节，最多 {MAX_PRESET_BYTES} 字节 (too large)")]
+    if "\x00" in text:
+        return [PresetProblem(0, "预设含有 NUL 字符，不是文本 (not text)")]
+    problems = [
+        problem
+        for index, (line, paragraph) in enumerate(_paragraphs(text))
+        if (problem := _paragraph_problem(line, paragraph, first=index == 0))
+    ]
+    if not problems:
+        preset = parse_preset(text)
+        if not preset.turns and not preset.user_send:
+            problems.append(PresetProblem(0, f"预设是空的：至少写一段 {ROLE_WORDS} (empty preset)"))
+    return problems
+
+
+def _paragraphs(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each paragraph, split at blank lines as `parse_preset` splits them."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").replace("<|im_end|>", "")
+    lines = text.split("\n")
+    found: list[tuple[int, str]] = []
+    start, block = 0, list[str]()
+    for number, line in enumerate([*lines, ""], start=1):
+        if line.strip(" \t"):
+            if not block:
+                start = number
+            block.append(line)
+            continue
+        paragraph = "\n".join(block).strip()
+        if paragraph:
+            # A paragraph's leading lines of other white space (a full-width space) are not where it starts.
+            start += next(i for i, part in enumerate(block) if part.strip())
+            found.append((start, paragraph))
+        block = []
+    return found
+
+
+def _paragraph_problem(line: int, paragraph: str, first: bool) -> PresetProblem | None:
+    match = _ROLE.match(paragraph)
+    if match is None:
+        like = _ROLE_LIKE.match(paragraph)
+        if like is not None:
+            return PresetProblem(line, f"未知的角色 {like.group(1)}:，可用的有 {ROLE_WORDS} (unknown role)")
+        if not first:
+            return None  # continues the turn before it
+        return PresetProblem(line, f"第一段没有角色：请以 {ROLE_WORDS} 开头 (the first paragraph has no role)")
+    role = match.group(1).lower()
+    if role != "voice" and not paragraph[match.end() :].strip():
+        return PresetProblem(line, f"{role}: 后面没有内容 (empty {role})")
+    return None
+
+
 class PresetBook:
     """The presets in `scan_dir` (recursively) and in `keywords`; names are file names without `.txt`."""
 
@@ -173,6 +281,102 @@ class PresetBook:
     def tokens(self, name: str = "") -> int:
         """Estimated tokens of preset `name` (or the default preset)."""
         return self.preset(name).tokens
+
+    # --- the console's view and changes ------------------------------------------------------------
+
+    def presets(self) -> list[Preset]:
+        """Every loaded preset (aliases not repeated), sorted by name."""
+        return [self._presets[name] for name in sorted(self._presets)]
+
+    def aliases_of(self, name: str) -> list[str]:
+        """The `keywords` aliases that lead to preset `name`, sorted."""
+        return sorted(alias for alias, target in self._aliases.items() if target == name)
+
+    def is_default(self, preset: Preset) -> bool:
+        """Whether `preset` is the one new conversations start with (`[presets] default`)."""
+        return preset.name == self._default.name and bool(preset.path) and preset.path == self._default.path
+
+    def folder(self) -> Path:
+        return Path(self.settings.scan_dir)
+
+    def editable(self, preset: Preset) -> bool:
+        """Whether `preset`'s file is in `scan_dir` (after following links), so the console may change it."""
+        return bool(preset.path) and _inside(self.folder(), Path(preset.path)) is not None
+
+    def text_of(self, preset: Preset) -> str:
+        """The file's text as written; raises PresetError when it cannot be read any more."""
+        try:
+            return _read_text(Path(preset.path))
+        except OSError as exc:
+            raise PresetError(f"预设文件无法读取 (cannot read): {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise PresetError("预设文件编码无法识别，请另存为 UTF-8 (not UTF-8 or GBK)") from exc
+
+    def create(self, name: str, text: str) -> Preset:
+        """Write `<scan_dir>/<name>.txt` and load it; raises PresetError (a bad name or text, a taken name)."""
+        problem = check_preset_name(name)
+        if problem:
+            raise PresetError(problem)
+        if self.get(name) is not None:
+            raise PresetError(f"已经有叫 {name} 的预设了 (name taken)")
+        _refuse_bad_text(text)
+        folder = self.folder()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PresetError(f"无法创建预设目录 (cannot create scan_dir): {exc.strerror or exc}") from exc
+        path = folder / f"{name}.txt"
+        target = _inside(folder, path)
+        if target is None:
+            raise PresetError("预设文件会写到预设目录之外，已拒绝 (outside scan_dir)")
+        if os.path.lexists(path):
+            raise PresetError(f"预设目录里已经有 {name}.txt（可能无法读取）(file exists)")
+        _write_atomically(target, text)
+        logger.info("preset {} created in {}", name, path)
+        return self._reloaded(name)
+
+    def update(self, name: str, text: str) -> Preset:
+        """Replace the text of preset `name` (its file in `scan_dir`) and load it again; raises PresetError."""
+        preset = self._changeable(name)
+        _refuse_bad_text(text)
+        target = _inside(self.folder(), Path(preset.path))
+        if target is None:  # the file was swapped for a link out of scan_dir since it was loaded
+            raise PresetError(_OUTSIDE)
+        _write_atomically(target, text)
+        logger.info("preset {} saved to {}", preset.name, target)
+        return self._reloaded(preset.name)
+
+    def delete(self, name: str) -> None:
+        """Remove preset `name`'s file (a link itself, never what it points at); raises PresetError."""
+        preset = self._changeable(name)
+        if self.is_default(preset) or name == self.settings.default:
+            raise PresetError(f"{preset.name} 是默认预设（[presets] default），不能删除 (the default preset)")
+        path = Path(preset.path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass  # already gone: the rescan below shows that
+        except OSError as exc:
+            raise PresetError(f"无法删除预设文件 (cannot delete): {exc.strerror or exc}") from exc
+        logger.info("preset {} deleted: {}", preset.name, path)
+        self.reload()
+
+    def _changeable(self, name: str) -> Preset:
+        preset = self.get(name)
+        if preset is None:
+            raise PresetError(f"没有找到预设 {name} (no such preset)")
+        if not self.editable(preset):
+            raise PresetError(_OUTSIDE)
+        return preset
+
+    def _reloaded(self, name: str) -> Preset:
+        self.reload()
+        preset = self.get(name)
+        if preset is None:  # e.g. hidden by a keyword of the same name
+            raise PresetError(
+                f"预设 {name} 已保存，但重新扫描后没有出现，请检查 [presets] keywords (saved but not loaded)"
+            )
+        return preset
 
 
 def _load(settings: PresetSettings) -> tuple[dict[str, Preset], dict[str, str]]:
@@ -230,6 +434,45 @@ def _load(settings: PresetSettings) -> tuple[dict[str, Preset], dict[str, str]]:
             logger.info("预设 {} 被别名 {} → {} 覆盖 (preset hidden by alias)", presets[alias].path, alias, target)
             del presets[alias]
     return presets, aliases
+
+
+_OUTSIDE = "这个预设的文件不在预设目录（[presets] scan_dir）里，只能查看 (outside scan_dir: read-only)"
+
+
+def _refuse_bad_text(text: str) -> None:
+    problems = check_preset(text)
+    if problems:
+        raise PresetError(f"预设有 {len(problems)} 处错误，未保存 (not saved)：{problems[0]}", problems)
+
+
+def _inside(folder: Path, path: Path) -> Path | None:
+    """`path` with every link followed, when the folder it ends up in is `folder` or below; else None."""
+    try:
+        resolved = path.resolve()
+        return resolved if resolved.parent.is_relative_to(folder.resolve()) else None
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name this system cannot hold
+        return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 through a temporary file in the same folder, so readers see old or new, never half."""
+    data = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").encode("utf-8") + b"\n"
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o644
+    # Not `.txt`: a temporary file left by a crash is never scanned as a preset.
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise PresetError(f"无法写入预设文件 (cannot write): {exc.strerror or exc}") from exc
 
 
 def _find_file(target: str, scan_dir: Path) -> Path | None:

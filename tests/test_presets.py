@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,15 @@ from loguru import logger
 from pydantic import ValidationError
 
 import conversation.presets as presets_module
-from conversation.presets import Preset, PresetBook, parse_preset
+from conversation.presets import (
+    MAX_PRESET_BYTES,
+    Preset,
+    PresetBook,
+    PresetError,
+    check_preset,
+    check_preset_name,
+    parse_preset,
+)
 from core.config import PresetSettings, validate
 from llm.base import ChatTurn
 
@@ -344,6 +353,160 @@ def test_reload_with_new_settings(tmp_path: Path) -> None:
 def test_a_bare_folder_still_works_as_the_constructor_argument(tmp_path: Path) -> None:
     write(tmp_path, "default.txt", "system: 默认")
     assert PresetBook(tmp_path).turns() == PresetBook(str(tmp_path)).turns() == (ChatTurn("system", "默认"),)
+
+
+# --- checks and changes made from the console -----------------------------------------------------
+
+
+def problems_of(text: str) -> list[str]:
+    return [str(problem) for problem in check_preset(text)]
+
+
+def test_a_good_preset_has_no_problems() -> None:
+    text = (
+        "system: 你是猫。\n第二行\n\nUSER：你好\n\n  \t\nassistant: 喵\n\nvoice:\n\nuser_send: {nickname}说：{prompt}"
+    )
+    assert problems_of(text) == []
+    assert problems_of("\ufeffsystem: 仅系统\r\n") == [] and problems_of("user_send: {prompt}") == []
+
+
+def test_unknown_roles_and_paragraphs_without_a_role_name_their_line() -> None:
+    text = "system: 设定\n\nbot: 你好\n\n这一段没写角色\n还有一行\n\r\n\u3000\nsytem：拼错\n\nhttps://example.com/x"
+    assert problems_of(text) == [
+        "第 3 行：未知的角色 bot:，可用的有 system: / user: / assistant: / user_send: (unknown role)",
+        "第 9 行：未知的角色 sytem:，可用的有 system: / user: / assistant: / user_send: (unknown role)",
+    ]
+    # a paragraph without a role continues the turn before it (as the bot reads it); only the first needs one
+    assert check_preset("system: 设定\n\n设定的第二段\n\nhttps://example.com/x") == []
+    assert problems_of("\n\n没有角色的开头\n\nsystem: x") == [
+        "第 3 行：第一段没有角色：请以 system: / user: / assistant: / user_send: 开头 (the first paragraph has no role)"
+    ]
+
+
+def test_empty_presets_and_empty_roles_are_refused() -> None:
+    for text in ("", "  \n\n \n", "voice: zh-CN-XiaoxiaoNeural", "<|im_end|>"):
+        [problem] = check_preset(text)
+        assert problem.line == 0 and "预设是空的" in problem.message, text
+    assert problems_of("system: 有\n\nassistant:\n\nuser:   <|im_end|>") == [
+        "第 3 行：assistant: 后面没有内容 (empty assistant)",
+        "第 5 行：user: 后面没有内容 (empty user)",
+    ]
+    assert problems_of("system:\n换行后的内容") == []  # the text may start on the next line
+
+
+def test_size_and_binary_are_refused() -> None:
+    assert problems_of("system: " + "猫" * (MAX_PRESET_BYTES // 3)) == [
+        f"预设太大：{len(('system: ' + '猫' * (MAX_PRESET_BYTES // 3)).encode())} 字节，最多 65536 字节 (too large)"
+    ]
+    assert problems_of("system: " + "a" * (MAX_PRESET_BYTES - 8)) == []
+    assert "NUL" in problems_of("system: a\x00b")[0]
+
+
+def test_preset_names() -> None:
+    for good in ("catgirl", "猫娘_v2-1", "ねこ", "고양이", "A" * 64):
+        assert check_preset_name(good) == "", good
+    for bad, reason in (
+        ("", "请填写"),
+        ("A" * 65, "太长"),
+        ("../evil", "路径"),
+        ("..", "路径"),
+        ("a/b", "路径"),
+        ("a\\b", "路径"),
+        ("a.b", "只能用"),
+        ("a b", "只能用"),
+        ("猫。", "只能用"),
+        ("a\x00", "只能用"),
+        ("C:x", "只能用"),
+    ):
+        assert reason in check_preset_name(bad), bad
+
+
+def test_create_update_and_delete_rescan_at_once(tmp_path: Path) -> None:
+    write(tmp_path, "default.txt", "system: 默认")
+    presets = book(tmp_path / "", keywords={"猫": "catgirl"})
+    created = presets.create("catgirl", "system: 你是猫。\r\n\r\nuser_send: 喵 {prompt}")
+    assert created.turns == (ChatTurn("system", "你是猫。"),) and presets.get("猫") is created
+    assert (tmp_path / "catgirl.txt").read_bytes() == "system: 你是猫。\n\nuser_send: 喵 {prompt}\n".encode()
+    assert presets.aliases_of("catgirl") == ["猫"] and presets.editable(created)
+    updated = presets.update("猫", "system: 你是老虎。")
+    assert updated.name == "catgirl" and presets.turns("catgirl") == (ChatTurn("system", "你是老虎。"),)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catgirl.txt", "default.txt"]  # no temporary file left
+    presets.delete("catgirl")
+    assert presets.get("catgirl") is None and not (tmp_path / "catgirl.txt").exists()
+    assert [p.name for p in presets.presets()] == ["default"]
+
+
+def test_create_makes_the_folder_and_refuses_taken_names(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "presets"
+    presets = book(folder)
+    presets.create("default", "system: 新的默认")
+    assert presets.is_default(presets.default_preset()) and presets.turns() == (ChatTurn("system", "新的默认"),)
+    for name in ("default", "../x"):
+        with pytest.raises(PresetError):
+            presets.create(name, "system: x")
+    (folder / "broken.txt").write_bytes(b"\xff\xff\xff")  # unreadable: not listed, still taken
+    presets.reload()
+    assert presets.get("broken") is None
+    with pytest.raises(PresetError, match=r"已经有 broken\.txt"):
+        presets.create("broken", "system: x")
+    with pytest.raises(PresetError) as caught:
+        presets.create("ok", "system: x\n\nbot: y")
+    assert "第 3 行" in str(caught.value) and [p.line for p in caught.value.problems] == [3]
+    assert not (folder / "ok.txt").exists()
+
+
+def test_the_default_preset_cannot_be_deleted(tmp_path: Path) -> None:
+    write(tmp_path, "default.txt", "system: 默认")
+    write(tmp_path, "猫娘.txt", "system: 喵")
+    presets = book(tmp_path, default="main", keywords={"main": "猫娘"})
+    with pytest.raises(PresetError, match="默认预设"):
+        presets.delete("猫娘")
+    with pytest.raises(PresetError, match="默认预设"):
+        presets.delete("main")
+    presets.delete("default")
+    assert (tmp_path / "猫娘.txt").exists() and not (tmp_path / "default.txt").exists()
+
+
+def test_links_out_of_the_folder_are_never_written(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "presets", tmp_path / "outside"
+    write(outside, "secret.txt", "system: 外面的文件")
+    write(folder, "default.txt", "system: 默认")
+    (folder / "link.txt").symlink_to(outside / "secret.txt")
+    presets = book(folder, keywords={"远处": str(outside / "secret.txt")})
+    assert presets.get("link") is not None and not presets.editable(presets.get("link"))  # type: ignore[arg-type]
+    for name in ("link", "远处"):
+        with pytest.raises(PresetError, match="只能查看"):
+            presets.update(name, "system: 改了")
+        with pytest.raises(PresetError, match="只能查看"):
+            presets.delete(name)
+    assert (outside / "secret.txt").read_text(encoding="utf-8") == "system: 外面的文件"
+    assert (folder / "link.txt").is_symlink()
+
+
+def test_a_link_inside_the_folder_is_written_through_and_deleted_itself(tmp_path: Path) -> None:
+    write(tmp_path, "real.txt", "system: 真")
+    (tmp_path / "alias.txt").symlink_to(tmp_path / "real.txt")
+    presets = book(tmp_path)
+    presets.update("alias", "system: 改")
+    assert (tmp_path / "alias.txt").is_symlink() and (tmp_path / "real.txt").read_text(
+        encoding="utf-8"
+    ) == "system: 改\n"
+    presets.delete("alias")
+    assert not os.path.lexists(tmp_path / "alias.txt") and (tmp_path / "real.txt").exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "default.txt", "system: 旧")
+    presets = book(tmp_path)
+
+    def refuse(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(presets_module.os, "replace", refuse)
+    with pytest.raises(PresetError, match=r"无法写入预设文件.*No space left"):
+        presets.update("default", "system: 新")
+    assert [p.name for p in tmp_path.iterdir()] == ["default.txt"]
+    assert presets.turns() == (ChatTurn("system", "旧"),)
 
 
 # --- settings -----------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""The console in a real headless Chromium: log in, watch a link on the dashboard, chat with a streamed answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from playwright.async_api import Browser, expect
+
+import web.console.pages.dashboard as dashboard
+from tests.browser import browser, logged_in_page
+from tests.conftest import BOT_QQ, VERIFY_KEY, mirai_url
+from tests.console_client import ConsoleClient, console
+from tests.fakes.mirai_peer import FakeMirai
+from tests.fakes.openai_server import FakeOpenAI
+
+__all__ = ["browser", "console"]
+
+
+async def test_login_and_a_link_going_down_and_up_on_the_dashboard(
+    console: Callable[..., Any], browser: Browser, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(dashboard, "REFRESH_SECONDS", 1)
+    client: ConsoleClient = await console(login=False)
+    page = await logged_in_page(browser, client)
+    state = page.locator('tr[data-platform="mirai"] td').nth(2)
+    await expect(state).to_have_text("listening")  # mirai-api-http has not dialled in yet
+    mirai = FakeMirai(mirai_url(client.app), VERIFY_KEY, BOT_QQ)
+    await mirai.connect()
+    await expect(state).to_have_text("up")
+    await mirai.close()
+    await expect(state).to_have_text("listening")
+    await mirai.connect()
+    await expect(state).to_have_text("up")
+    await mirai.close()
+    # a wrong password in the same browser is refused with the reason
+    await page.click("text=退出登录")
+    await page.fill("#password", "not-the-password")
+    await page.click("button[type=submit]")
+    await expect(page.locator(".error")).to_contain_text("密码错误")
+
+
+async def test_chat_page_with_a_streamed_answer(
+    console: Callable[..., Any], browser: Browser, fake_llm: FakeOpenAI
+) -> None:
+    client: ConsoleClient = await console({"openai": {"gpt_params": {"stream": True}}}, login=False)
+    fake_llm.reply_fn = lambda body: "流式回答的第一段。\n\n流式回答的第二段。"
+    fake_llm.chunk_chars, fake_llm.chunk_delay = 2, 0.1
+    page = await logged_in_page(browser, client)
+    await page.click("nav >> text=聊天")
+    await page.fill("#chat-text", "你好，浏览器")
+    await page.click("#chat-form button[type=submit]")
+    await expect(page.locator(".bubble.mine").last).to_have_text("你好，浏览器")
+    await expect(page.locator(".bubble.draft")).to_be_visible()  # the answer is being written, live
+    bot_bubbles = page.locator(".bubble.bot:not(.draft):visible")
+    await expect(bot_bubbles.last).to_have_text("流式回答的第一段。\n\n流式回答的第二段。")
+    await expect(page.locator(".bubble.draft")).to_have_count(0)
+    # a command through the same pipeline
+    await page.fill("#chat-text", "ping")
+    await page.press("#chat-text", "Control+Enter")
+    await expect(bot_bubbles.last).to_contain_text("当前账号：")
+    # reloading shows the stored history
+    await page.reload()
+    await expect(page.locator(".bubble.mine").first).to_have_text("你好，浏览器")

@@ -72,6 +72,7 @@ class App:
             await self.web.start()
             self._closers.append(("web server", self.web.stop))
         self.store = await SqlHistoryStore.open(settings.database.url)
+        self.store.on_write = self.metrics.database_write
         self._closers.append(("database", self.store.close))
         self.admin = AdminStore(self.store.engine)
         await self.admin.load()

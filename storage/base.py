@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 SESSION_FIELDS = frozenset({"preset", "model", "account", "reply_mode"})
 """The per-session settings `update_session` may change."""
 
 WINDOW_PAGE = 64
 """Rows read per step while filling a window, newest first."""
+
+RESET_ROLE = "reset"
+"""Role of the hidden, empty row `reset` appends: every reset stays visible in the stored history."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,18 @@ class HistoryStore(Protocol):
     async def update_session(self, session_key: str, /, **fields: str) -> None:
         """Set preset / model / account / reply_mode. Raises TypeError for other names, StorageError on failure."""
         ...
+
+
+def reset_marker_row(session_key: str, at: float) -> dict[str, Any]:
+    """The messages row recording one reset; hidden, so no window or rollback ever sees it."""
+    return {
+        "session_key": session_key,
+        "role": RESET_ROLE,
+        "content": "",
+        "tokens": 0,
+        "hidden": True,
+        "created_at": at,
+    }
 
 
 def check_session_fields(fields: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ from itertools import islice
 
 from core.errors import StorageError
 from core.tokens import estimate_tokens
-from storage.base import SessionState, StoredTurn, check_session_fields, fill_window, finish_window
+from storage.base import RESET_ROLE, SessionState, StoredTurn, check_session_fields, fill_window, finish_window
 
 
 @dataclass(slots=True)
@@ -71,10 +71,11 @@ class MemoryHistoryStore:
         self._touch(session_key, at)
 
     async def reset(self, session_key: str) -> None:
-        """Start a new conversation without deleting anything."""
+        """Start a new conversation without deleting anything; a hidden RESET_ROLE row records it."""
         self._check_open()
-        rows = self._rows.get(session_key)
-        self._cleared_before[session_key] = rows[-1].id if rows else 0
+        self._last_id += 1
+        self._rows.setdefault(session_key, []).append(_Row(self._last_id, StoredTurn(RESET_ROLE, "", 0), hidden=True))
+        self._cleared_before[session_key] = self._last_id  # the marker's id, as in the SQL store
         self._touch(session_key, time.time())
 
     async def rollback(self, session_key: str) -> bool:

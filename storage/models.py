@@ -45,6 +45,8 @@ class SessionRow(Base):
     """
 
     __tablename__ = "sessions"
+    # The console lists sessions by last activity.
+    __table_args__ = (Index("ix_sessions_updated_at", "updated_at", "session_key"),)
 
     session_key: Mapped[str] = mapped_column(String(255), primary_key=True)
     # Messages with id <= cleared_before belong to earlier conversations: reset without deleting.

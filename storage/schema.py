@@ -1,4 +1,4 @@
-"""Creating the tables, and adding the columns a newer version brought to a database made earlier."""
+"""Creating the tables, and adding the columns and indexes a newer version brought to a database made earlier."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from storage.models import Base
 
 
 def create_or_upgrade(conn: Connection) -> None:
-    """Create missing tables, then add missing columns to existing ones (run through `run_sync`).
+    """Create missing tables, then add missing columns and indexes to existing ones (run through `run_sync`).
 
     Only additive changes happen here: a new column must have a `server_default` (or be nullable)
     so the rows already stored stay valid. Existing columns are never altered or dropped.
@@ -25,6 +25,11 @@ def create_or_upgrade(conn: Connection) -> None:
         for column in table.columns:
             if column.name not in present:
                 _add_column(conn, table.name, column)
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(conn)
+                logger.info("history store: added index {} (from a newer version)", index.name)
 
 
 def _add_column(conn: Connection, table: str, column: Column[object]) -> None:

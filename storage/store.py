@@ -34,6 +34,7 @@ from storage.base import (
     check_session_fields,
     fill_window,
     finish_window,
+    reset_marker_row,
 )
 from storage.errors import (
     DB_ERRORS,
@@ -277,6 +278,7 @@ class SqlHistoryStore:
         self._read_lock = self._lock if reader is writer else asyncio.Lock()
         self.retry = RetryPolicy()  # tests shorten it
         self._failing = False  # the last operation gave up: say so in the log when one works again
+        self.on_write: Callable[[float], None] | None = None  # told each write's seconds (core.metrics)
         self._unfinished: set[asyncio.Future[Any]] = set()  # shielded operations still running
         self._closed = False
         fast = writer is not None
@@ -483,6 +485,8 @@ class SqlHistoryStore:
             if backoff is not None or self._failing:
                 self._failing = False
                 logger.info("history store: {} works again", self._shown_url)
+            if write and self.on_write is not None:
+                self.on_write(time.monotonic() - started)
             return result
 
     @_finish_even_if_cancelled
@@ -531,11 +535,16 @@ class SqlHistoryStore:
 
     @_finish_even_if_cancelled
     async def reset(self, session_key: str) -> None:
-        """Start a new conversation without deleting anything. Raises StorageError."""
+        """Start a new conversation without deleting anything; a hidden RESET_ROLE row records it.
+        Raises StorageError."""
+        now = time.time()
+        marker = reset_marker_row(session_key, now)
 
         async def write(tx: _Tx) -> None:
-            # One statement reads the max id and writes it, so no append can slip in between.
-            await self._reset.run(tx, {"key": session_key, "now": time.time()})
+            # The marker goes in first, so `cleared_before` (the max id, read and written by one
+            # statement, so no append can slip in between) is the marker's own id.
+            await tx.execute(self._insert_message, marker)
+            await self._reset.run(tx, {"key": session_key, "now": now})
 
         await self._run("resetting a session", write, write=True)
 

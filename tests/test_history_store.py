@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import bindparam, event, insert, text
+from sqlalchemy import bindparam, event, insert, select, text
 
 from core.errors import StorageError
 from core.tokens import estimate_tokens
-from storage.base import HistoryStore, SessionState, StoredTurn
+from storage.base import RESET_ROLE, HistoryStore, SessionState, StoredTurn
 from storage.memory import MemoryHistoryStore
 from storage.models import messages
 from storage.store import SqlHistoryStore, _AlchemyTx, _SessionUpsert
@@ -140,6 +140,20 @@ async def test_rollback_does_not_reach_behind_a_reset(store: HistoryStore) -> No
 
 
 @pytest.mark.asyncio
+async def test_reset_markers_never_reach_the_window_or_rollback(store: HistoryStore) -> None:
+    await add_exchanges(store, "s", 2)
+    await store.reset("s")
+    await store.reset("s")
+    assert await store.window("s", 1000) == [] and await store.rollback("s") is False
+    await store.append_exchange("s", "q-new", "r-new")
+    await store.reset("s")
+    await store.append_exchange("s", "q-last", "r-last")
+    assert contents(await store.window("s", 1000)) == ["q-last", "r-last"]
+    assert await store.rollback("s") is True  # the last visible pair, not a marker
+    assert await store.window("s", 1000) == [] and await store.rollback("s") is False
+
+
+@pytest.mark.asyncio
 async def test_two_sessions_never_mix(store: HistoryStore) -> None:
     for i in range(3):
         await store.append_exchange("group:1:user:2", f"a{i}", f"ra{i}")
@@ -230,9 +244,40 @@ async def test_reset_and_rollback_keep_every_row_in_the_database(sql_store: SqlH
     assert await sql_store.rollback("s")
     await sql_store.reset("s")
     assert await sql_store.window("s", 1000) == []
-    assert await scalar(sql_store, "SELECT count(*) FROM messages") == 6
-    assert await scalar(sql_store, "SELECT count(*) FROM messages WHERE hidden") == 2
-    assert await scalar(sql_store, "SELECT cleared_before FROM sessions WHERE session_key = 's'") == 6
+    assert await scalar(sql_store, "SELECT count(*) FROM messages") == 7  # six turns and the reset marker
+    assert await scalar(sql_store, "SELECT count(*) FROM messages WHERE hidden") == 3
+    assert await scalar(sql_store, "SELECT cleared_before FROM sessions WHERE session_key = 's'") == 7
+
+
+async def stored_rows(store: SqlHistoryStore, session_key: str) -> list[tuple[Any, ...]]:
+    async with store.engine.connect() as conn:
+        query = (
+            select(messages.c.id, messages.c.role, messages.c.content, messages.c.tokens, messages.c.hidden)
+            .where(messages.c.session_key == session_key)
+            .order_by(messages.c.id)
+        )
+        return [tuple(row) for row in (await conn.execute(query)).all()]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_every_reset_leaves_a_hidden_marker_row(tmp_path: Path, fast_path: bool) -> None:
+    store = await SqlHistoryStore.open(sqlite_url(tmp_path / "bot.sqlite3"), driver_fast_path=fast_path)
+    try:
+        await add_exchanges(store, "s", 1)
+        await store.reset("s")
+        await store.reset("s")  # twice in a row: two markers, both kept
+        await store.append_exchange("s", "q-after", "r-after")
+        await store.reset("never-seen")
+        rows = await stored_rows(store, "s")
+        assert [row[1] for row in rows] == ["user", "assistant", RESET_ROLE, RESET_ROLE, "user", "assistant"]
+        assert [(row[2], row[3], bool(row[4])) for row in rows[2:4]] == [("", 0, True)] * 2
+        # cleared_before is the latest marker's own id: the marker closes the old conversation.
+        assert await scalar(store, "SELECT cleared_before FROM sessions WHERE session_key = 's'") == rows[3][0]
+        assert contents(await store.window("s", 1000)) == ["q-after", "r-after"]
+        assert [row[1] for row in await stored_rows(store, "never-seen")] == [RESET_ROLE]
+    finally:
+        await store.close()
 
 
 @pytest.mark.asyncio
@@ -283,6 +328,12 @@ async def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: 
     finally:
         await store.close()
     assert sum("added column sessions.reply_mode" in line for line in log_lines) == 1  # once, then it exists
+    assert sum("added index ix_sessions_updated_at" in line for line in log_lines) == 1
+    with sqlite3.connect(path) as upgraded:
+        plan = upgraded.execute(
+            "EXPLAIN QUERY PLAN SELECT session_key FROM sessions ORDER BY updated_at DESC"
+        ).fetchall()
+    assert "ix_sessions_updated_at" in str(plan)
 
 
 async def test_sqlite_runs_in_wal_mode_with_the_chosen_pragmas(sql_store: SqlHistoryStore) -> None:

@@ -62,3 +62,32 @@ async def test_chat_page_with_a_streamed_answer(
     # reloading shows the stored history
     await page.reload()
     await expect(page.locator(".bubble.mine").first).to_have_text("你好，浏览器")
+
+
+async def test_edit_a_preset_and_use_it(console: Callable[..., Any], browser: Browser, fake_llm: FakeOpenAI) -> None:
+    client: ConsoleClient = await console(login=False)
+    page = await logged_in_page(browser, client)
+    await page.click("nav >> text=预设")
+    await page.click("text=新建预设 New preset")
+    await page.fill('input[name="name"]', "海盗")
+    await page.fill("#preset-text", "system: 你是一个海盗。\n\nuser_send: {nickname}问：{prompt}")
+    await page.click("button[type=submit].primary")
+    await expect(page.locator("body")).to_contain_text("海盗")
+    # edit it: the check button reports a mistake before saving
+    await page.goto(client.base + "/presets/edit?name=%E6%B5%B7%E7%9B%97")
+    await page.fill("#preset-text", "system: 你是一个说话很客气的海盗。\n\nbot: 写错的角色")
+    await page.click("text=检查 Check")
+    await expect(page.locator("#problems")).to_contain_text("未知的角色 bot:")
+    await page.fill("#preset-text", "system: 你是一个说话很客气的海盗。\n\nuser_send: {nickname}问：{prompt}")
+    await page.click("button[type=submit].primary")
+    # and use it from the chat page
+    await page.goto(client.base + "/chat")
+    await page.fill("#chat-text", "加载预设 海盗")
+    await page.click("#chat-form button[type=submit]")
+    await expect(page.locator(".bubble.bot:visible").last).to_have_text("预设加载成功！")
+    await page.fill("#chat-text", "你是谁")
+    await page.click("#chat-form button[type=submit]")
+    await expect(page.locator(".bubble.bot:visible").last).to_contain_text("echo:")
+    messages = fake_llm.requests[-1]["body"]["messages"]
+    assert messages[0] == {"role": "system", "content": "你是一个说话很客气的海盗。"}
+    assert messages[-1]["content"] == "控制台问：你是谁"

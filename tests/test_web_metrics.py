@@ -76,6 +76,7 @@ async def test_metrics_after_a_scripted_load(console: Callable[..., Any], fake_l
     [link] = [value for (name, labels), value in got.items() if name == PREFIX + "link_up"]
     assert link == 1
     assert got[(PREFIX + "queue_depth", ())] == 0
+    assert got[(PREFIX + "database_write_seconds_count", ())] >= 3  # an exchange stored per answer
 
     # the dashboard shows the same load
     status, live = await client.get("/dashboard/live")

@@ -137,7 +137,16 @@ def test_compose_bot_service(path):
     assert "./data:/app/data" in volumes
     assert any(line.strip() == "restart: unless-stopped" for line in bot)
     ports = {int(p.split(":")[-1]) for p in list_items(bot, "ports") + list_items(bot, "expose")}
-    assert ports and ports <= {mirai_port(), onebot_port()}
+    assert ports and ports <= {mirai_port(), onebot_port(), web_port()}
+    # the web console is published on the host's loopback only
+    assert f"127.0.0.1:{web_port()}:{web_port()}" in list_items(bot, "ports")
+    assert not any(p.endswith(f":{web_port()}") and not p.startswith("127.0.0.1:") for p in list_items(bot, "ports"))
+
+
+def web_port() -> int:
+    with (ROOT / "config.example.toml").open("rb") as f:
+        port: int = tomllib.load(f)["web"]["port"]
+    return port
 
 
 def test_compose_alone_publishes_the_mirai_port():

@@ -1,7 +1,7 @@
 # ChatGPT QQ 机器人 / ChatGPT QQ bot
 # 构建 build:  docker build -t chatgpt-qq-bot .
 # 运行 run:    docker compose up -d   (见 docs/deploy.md)
-# 挂载 mounts: /app/config.toml（配置文件，只读即可 / config, read-only is fine；v2 的 /app/config.cfg 也行 / or v2's /app/config.cfg）
+# 挂载 mounts: /app/config.toml（配置文件；可写时网页控制台能保存它 / config, writable for the console's config page；v2 的 /app/config.cfg 也行 / or v2's /app/config.cfg）
 #              /app/data（聊天记录数据库 data/bot.sqlite3 / history database）
 FROM python:3.11-slim
 

@@ -1,4 +1,5 @@
-"""loguru set-up, done once at start: console always, a rotated file when `[log] file` is set.
+"""loguru set-up, done once at start: console always, a rotated file when `[log] file` is set, and
+an in-memory ring of the recent lines (RING) that the web console shows and follows live.
 
 Every record passes through one patcher: configured secrets and credential-looking strings are
 redacted from the message and from a logged exception's text, and control characters in the
@@ -7,11 +8,17 @@ message are escaped, so that no secret reaches a log line and no value can forge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import sys
+import threading
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus
 
@@ -27,6 +34,9 @@ CONSOLE_FORMAT = (
     "<cyan>{extra[adapter]}</cyan> {message}"
 )
 FILE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[adapter]} {name}:{line} {message}"
+RING_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[adapter]} {message}"
+RING_SIZE = 1000  # lines kept for the console's log page
+FOLLOWER_QUEUE = 500  # lines a live follower may fall behind before its oldest are dropped
 
 REDACTED = "***"
 # Shorter values are not redacted: masking every "1" or "ab" would make the log unreadable, and a
@@ -66,6 +76,8 @@ def setup_logging(
     logger.configure(extra={"adapter": "-"}, patcher=redact_record)
     logging.basicConfig(handlers=[_LibraryLogs()], level=logging.WARNING, force=True)
     logger.add(sys.stderr, level=level, format=CONSOLE_FORMAT, backtrace=False, diagnose=False)
+    # `remove()` above took the ring's sink too: one sink again, the lines and followers stay.
+    logger.add(RING.write, level=level, format=RING_FORMAT, colorize=False, backtrace=False, diagnose=False)
     if file:
         try:
             Path(file).parent.mkdir(parents=True, exist_ok=True)
@@ -189,3 +201,158 @@ def _text_of(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return ""
+
+
+# --- the ring of recent lines -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One formatted, redacted log entry (a logged traceback follows its message after newlines)."""
+
+    seq: int  # 1, 2, 3 … in the order written; never reused while the process runs
+    level: str
+    levelno: int
+    text: str
+
+
+class LogFollower:
+    """A live reader of the ring: a bounded queue that drops its oldest lines when the reader lags.
+
+    The ring offers lines from whichever thread logs; `next()` is awaited on the reader's loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_levelno: int, capacity: int) -> None:
+        self.min_levelno = min_levelno
+        self.capacity = capacity
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._lines: deque[LogLine] = deque()
+        self._dropped = 0
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._wake_pending = False
+
+    def offer(self, line: LogLine) -> None:
+        """Queue `line` if its level is wanted; never blocks and never raises."""
+        if line.levelno < self.min_levelno:
+            return
+        with self._lock:
+            if len(self._lines) >= self.capacity:
+                self._lines.popleft()
+                self._dropped += 1
+            self._lines.append(line)
+        self._signal()
+
+    def close(self) -> None:
+        """End the follow: `next()` returns `closed` True from now on."""
+        self._closed = True
+        self._signal()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _signal(self) -> None:
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the reader's loop is closed: nobody is waiting any more
+            self._closed = True
+
+    async def next(self, timeout: float) -> tuple[list[LogLine], int]:
+        """The queued lines and how many were dropped before them, waiting up to `timeout` seconds
+        for any (then both are empty)."""
+        if not self._lines and not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        with self._lock:
+            self._wake.clear()
+            self._wake_pending = False
+            lines, dropped = list(self._lines), self._dropped
+            self._lines.clear()
+            self._dropped = 0
+        return lines, dropped
+
+
+class LogRing:
+    """The last `size` log lines in memory, fed by a loguru sink after redaction and escaping, and
+    offered to live followers. Thread-safe: loguru calls the sink from the logging thread."""
+
+    def __init__(self, size: int = RING_SIZE) -> None:
+        self.size = size
+        # Names this process's numbering: a reader resuming after a restart must not skip lines.
+        self.boot = token_hex(4)
+        self._lock = threading.Lock()
+        self._lines: deque[LogLine] = deque(maxlen=size)
+        self._followers: set[LogFollower] = set()
+        self._seq = 0
+
+    def write(self, message: object) -> None:
+        """The loguru sink: `message` is the formatted line, its `.record` the record."""
+        record = getattr(message, "record", None)
+        level = record["level"] if record is not None else None
+        # Redacted again as a last guard: this text leaves the process through the web console.
+        text = redact(str(message).rstrip("\n"))
+        with self._lock:
+            self._seq += 1
+            line = LogLine(
+                self._seq,
+                level.name if level is not None else "INFO",
+                level.no if level is not None else logging.INFO,
+                text,
+            )
+            self._lines.append(line)
+            followers = list(self._followers)
+        for follower in followers:
+            if follower.closed:  # its loop ended without unfollowing
+                self.unfollow(follower)
+            else:
+                follower.offer(line)
+
+    def recent(self, min_levelno: int = 0) -> tuple[list[LogLine], int]:
+        """The kept lines at `min_levelno` or above, oldest first, and the `seq` of the last line
+        written so far (to follow on from without a gap or a repeat)."""
+        with self._lock:
+            lines, last = list(self._lines), self._seq
+        return [line for line in lines if line.levelno >= min_levelno], last
+
+    def follow(
+        self, min_levelno: int = 0, after: int | None = None, capacity: int = FOLLOWER_QUEUE
+    ) -> tuple[LogFollower, list[LogLine]]:
+        """A new follower of lines written from now on, and (when `after` is given) the kept lines
+        after that `seq`: taken together, so that no line is missed or seen twice."""
+        follower = LogFollower(asyncio.get_running_loop(), min_levelno, capacity)
+        with self._lock:
+            self._followers.add(follower)
+            kept = list(self._lines) if after is not None else []
+        backlog = [line for line in kept if line.levelno >= min_levelno and after is not None and line.seq > after]
+        return follower, backlog
+
+    def unfollow(self, follower: LogFollower) -> None:
+        """Stop offering lines to `follower` (it is closed)."""
+        with self._lock:
+            self._followers.discard(follower)
+        follower.close()
+
+    def close_followers(self) -> None:
+        """End every live follow (the web server is stopping)."""
+        with self._lock:
+            followers = list(self._followers)
+            self._followers.clear()
+        for follower in followers:
+            follower.close()
+
+    @property
+    def followers(self) -> int:
+        return len(self._followers)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+
+RING = LogRing()

@@ -38,6 +38,7 @@ SCOPES = frozenset({"user", "group", "member"})
 DRAW = "draw_"
 DEFAULT = "default"  # the target whose limit applies to every target of its scope without its own row
 HOUR = 3600.0
+COUNT_BATCH = 100  # keys per window-count statement: two bound parameters each, far below any limit
 
 
 class RateLimitRow(Base):
@@ -279,6 +280,11 @@ class AdminStore:
         await self._ensure_loaded()
         return self._limit(key)
 
+    async def limits(self) -> dict[tuple[str, str], int]:
+        """Every limit row, (scope, target) -> messages per hour, from memory (a copy)."""
+        await self._ensure_loaded()
+        return dict(self._limits)
+
     # --- usage --------------------------------------------------------------------------------
 
     async def record(self, now: float | None, *keys: tuple[str, str]) -> None:
@@ -300,6 +306,42 @@ class AdminStore:
         since = (time.time() if now is None else now) - window
         counts = await self._run("counting usage", self._count_keys, [key], since)
         return counts[0]
+
+    async def counts(
+        self, keys: Iterable[tuple[str, str]], now: float | None = None, window: float = HOUR
+    ) -> dict[tuple[str, str], int]:
+        """Messages counted for each key in (now - window, ...], a few round trips for any number of
+        keys. Raises ValueError for a bad key, StorageError on database failure."""
+        checked = list(dict.fromkeys(_key(scope, target) for scope, target in keys))
+        since = (time.time() if now is None else now) - window
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(checked), COUNT_BATCH):
+            batch = checked[start : start + COUNT_BATCH]
+            counts = await self._run("counting usage", self._count_keys, batch, since)
+            found.update(zip(batch, counts, strict=True))
+        return found
+
+    async def busiest(
+        self, now: float | None = None, window: float = HOUR, most: int = 200
+    ) -> list[tuple[str, str, int]]:
+        """The `most` keys with the most messages counted in (now - window, ...], as
+        (scope, target, count), most first. Raises StorageError on database failure."""
+        since = (time.time() if now is None else now) - window
+        return await self._run("reading usage", self._busiest, since, most)
+
+    async def _busiest(self, since: float, most: int) -> list[tuple[str, str, int]]:
+        u = usage.c
+        used = func.count().label("used")
+        statement = (
+            select(u.scope, u.target, used)
+            .where(u.at > since)
+            .group_by(u.scope, u.target)
+            .order_by(used.desc(), u.scope, u.target)
+            .limit(most)
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(statement)
+        return [(scope, target, int(n)) for scope, target, n in rows]
 
     async def check(self, keys: Iterable[tuple[str, str]], now: float | None = None) -> RateCheck:
         """Whether one more message is allowed for all keys, judged by the last hour's usage.

@@ -125,6 +125,46 @@ async def test_member_usage_is_separate_from_user_usage(admin: AdminStore) -> No
     assert await admin.count("member", "8:1", now=NOW) == 1
 
 
+async def test_limits_lists_every_row_as_a_copy(admin: AdminStore) -> None:
+    assert await admin.limits() == {}
+    await admin.set_limit("user", "default", 10)
+    await admin.set_limit("draw_member", "7:1", 0)
+    await admin.set_limit("group", "7", 5)
+    await admin.clear_limit("group", "7")
+    listed = await admin.limits()
+    assert listed == {("user", "default"): 10, ("draw_member", "7:1"): 0}
+    listed[("user", "1")] = 1  # the caller's copy: the store is not changed
+    assert await admin.limit_for("user", "1") == 10
+
+
+async def test_counts_of_many_keys_in_one_call(admin: AdminStore) -> None:
+    keys = [("member", f"7:{i}") for i in range(250)]  # more than one statement's batch
+    for i, key in enumerate(keys):
+        for _ in range(i % 4):
+            await admin.record(NOW, key)
+    await admin.record(NOW - 3601, keys[1])  # out of the window
+    counts = await admin.counts([*keys, keys[0], ("draw_user", "1")], now=NOW)
+    assert counts == {**{key: i % 4 for i, key in enumerate(keys)}, ("draw_user", "1"): 0}
+    assert await admin.counts([], now=NOW) == {}
+    with pytest.raises(ValueError):
+        await admin.counts([("member", "no-colon")])
+
+
+async def test_busiest_lists_the_last_hours_usage_most_first(admin: AdminStore) -> None:
+    await admin.record(NOW, ("user", "1"), ("draw_group", "7"))
+    await admin.record(NOW, ("user", "1"))
+    await admin.record(NOW - 10, ("member", "7:1"), ("user", "2"))
+    await admin.record(NOW - 3601, ("group", "9"))  # too old
+    assert await admin.busiest(now=NOW) == [
+        ("user", "1", 2),
+        ("draw_group", "7", 1),
+        ("member", "7:1", 1),
+        ("user", "2", 1),
+    ]
+    assert await admin.busiest(now=NOW, most=1) == [("user", "1", 2)]
+    assert ("group", "9", 1) in await admin.busiest(now=NOW, window=7200)
+
+
 async def test_check_reports_the_exceeded_key(admin: AdminStore) -> None:
     await admin.set_limit("user", "default", 100)
     await admin.set_limit("group", "default", 100)

@@ -12,7 +12,7 @@ import pytest
 from loguru import logger
 
 from core.config import Settings, collect_secrets, loads_config
-from core.log import REDACTED, redact, redact_record, set_secrets, setup_logging
+from core.log import REDACTED, RING, redact, redact_record, set_secrets, setup_logging
 from llm.base import AllAccountsFailed, ChatTurn
 from llm.openai_compat import OpenAICompatible
 from tests.fakes.openai_server import FakeOpenAI
@@ -298,3 +298,40 @@ def test_setup_logging_with_an_unusable_file_logs_to_the_console(
     (tmp_path / "plain.txt").write_text("x", encoding="utf-8")
     setup_logging("INFO", str(tmp_path / "plain.txt" / "bot.log"))  # the loader refuses this; a race is not fatal
     assert "cannot be used" in capsys.readouterr().err
+
+
+# --- the ring the web console shows -------------------------------------------------------------
+
+
+def _ring_texts(tag: str) -> list[str]:
+    lines, _ = RING.recent()
+    return [line.text for line in lines if tag in line.text]
+
+
+def test_the_ring_holds_the_redacted_escaped_lines(restore_handlers: None) -> None:
+    setup_logging("DEBUG", secrets=["ring-secret-0123"])
+    logger.bind(adapter="onebot").info("ring-a key=ring-secret-0123 {}", "forged\nline\x1b[2J")
+    try:
+        raise OSError("ring-secret-0123 leaked")
+    except OSError:
+        logger.exception("ring-b failed")
+    [line] = _ring_texts("ring-a")
+    assert line.endswith("| INFO    | onebot ring-a key=*** forged\\nline\\x1b[2J")
+    [entry] = _ring_texts("ring-b")
+    assert "Traceback" in entry and "*** leaked" in entry and "ring-secret-0123" not in entry
+
+
+async def test_setting_up_again_keeps_one_ring_sink_and_its_followers(restore_handlers: None) -> None:
+    setup_logging("INFO", secrets=["first-secret-0123"])
+    follower, _ = RING.follow()
+    try:
+        setup_logging("INFO", secrets=["second-secret-0123"])  # a reload
+        setup_logging("WARNING")
+        logger.info("ring-c below the new level")
+        logger.warning("ring-c first-secret-0123 second-secret-0123")
+        assert _ring_texts("ring-c") == [_ring_texts("ring-c")[0]]
+        assert _ring_texts("ring-c")[0].endswith("ring-c *** ***")
+        lines, dropped = await follower.next(1.0)
+        assert [line.text for line in lines if "ring-c" in line.text] == _ring_texts("ring-c") and dropped == 0
+    finally:
+        RING.unfollow(follower)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -91,3 +92,27 @@ async def test_edit_a_preset_and_use_it(console: Callable[..., Any], browser: Br
     messages = fake_llm.requests[-1]["body"]["messages"]
     assert messages[0] == {"role": "system", "content": "你是一个说话很客气的海盗。"}
     assert messages[-1]["content"] == "控制台问：你是谁"
+
+
+async def test_edit_a_config_value_and_see_it_saved_and_applied(console: Callable[..., Any], browser: Browser) -> None:
+    client: ConsoleClient = await console(login=False)
+    path = client.app.settings.path
+    path.write_text("# 我的配置：这行注释必须保留\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    before = path.read_text(encoding="utf-8")
+    page = await logged_in_page(browser, client)
+    await page.click("nav >> text=配置")
+    await page.click('a[href="/config/response"]')
+    field = page.locator('[id="f-response.timeout_format"]')
+    await field.fill("请稍等，我在想～")
+    await page.locator("#config-form button[type=submit]").first.click()
+    await expect(page.locator("#config-notice")).to_contain_text("已保存")
+    assert client.app.settings.response.timeout_format == "请稍等，我在想～"  # applied by the reload
+    after = path.read_text(encoding="utf-8")
+    changed = [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:2] in ("+ ", "- ")]
+    assert changed == ['+ timeout_format = "请稍等，我在想～"']  # the only line that differs
+    assert after.startswith("# 我的配置：这行注释必须保留\n")
+    # a bad value is shown beside its field with the loader's message, and nothing is written
+    await page.locator('[id="f-response.timeout"]').fill("-1")
+    await page.locator("#config-form button[type=submit]").first.click()
+    await expect(page.locator("body")).to_contain_text("response.timeout")
+    assert path.read_text(encoding="utf-8") == after

@@ -180,3 +180,20 @@ def test_vendored_files_are_the_released_ones() -> None:
     for digest, name in listed:
         assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
     assert (VENDOR / "htmx" / "LICENSE").exists() and (VENDOR / "uplot" / "LICENSE").exists()
+
+
+async def test_a_new_password_from_a_reload_applies_at_once_and_ends_every_session(
+    console: Callable[..., Any],
+) -> None:
+    client: ConsoleClient = await console()
+    config = client.app.settings.path
+    text = config.read_text(encoding="utf-8").replace(f'password = "{PASSWORD}"', 'password = "a-new-password-1"')
+    config.write_text(text, encoding="utf-8")
+    assert "已重新加载" in await client.app.reload()
+    async with client.http.get(client.base + "/", allow_redirects=False) as response:
+        assert response.status == 303  # the old session ended with the old password
+    status, _ = await client.post("/login", {"password": PASSWORD}, csrf=False)
+    assert status == 401
+    await client.login("a-new-password-1")
+    status, page = await client.get("/")
+    assert status == 200 and "data-platform" in page

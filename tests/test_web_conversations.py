@@ -93,7 +93,7 @@ async def test_the_list_shows_each_session_newest_first_with_its_parts(console: 
     await client.app.store.reset("qq:private:1001")  # a marker: not counted as a message
 
     status, page = await client.get("/conversations")
-    assert status == 200 and '<a href="/conversations" class="current">会话</a>' in page
+    assert status == 200 and '<a href="/conversations" class="current" aria-current="page">会话</a>' in page
     # the reset came last, then the preset change; the others by their messages' times
     assert session_rows(page) == ["qq:private:1001", "qq:group:3003", "qqbot:private:OPENID9", "qq:group:2002:1001"]
     group = cells(page, "qq:group:3003")

@@ -118,16 +118,21 @@ def _attrs(text: str) -> dict[str, str]:
     return attrs
 
 
+# JavaScript's `\s`, which @satorijs/element trims with: unlike Python's str.strip() it leaves the
+# separators U+001C..U+001F and U+0085 alone.
+_JS_SPACE = " \t\n\v\f\r\u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200B)))
+
+
 def _trim(text: str) -> str:
     """Satori drops a whitespace run at either end of a text chunk when it holds a line break; inner newlines stay.
 
     Done by hand rather than with `^\\s*\\n\\s*` / `\\s*\\n\\s*$`: the end-anchored pattern is quadratic on a long
     run of spaces without a newline.
     """
-    stripped = text.lstrip()
+    stripped = text.lstrip(_JS_SPACE)
     if "\n" in text[: len(text) - len(stripped)]:
         text = stripped
-    stripped = text.rstrip()
+    stripped = text.rstrip(_JS_SPACE)
     if "\n" in text[len(stripped) :]:
         text = stripped
     return text

@@ -26,7 +26,7 @@ class Console:
         self.settings = settings
         self.bot = bot
         self.clock = clock
-        self.guard = Guard(settings, clock)
+        self.guard = Guard(settings, clock, lambda: bot.settings.web)
         self.nav: list[tuple[str, str]] = []
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(WEB / "templates"),
@@ -64,6 +64,12 @@ class Console:
 
     def post(self, path: str, handler: Handler) -> None:
         self._router.add_post(path, self._ready(handler))
+
+    def on_shutdown(self, callback: Callable[[web.Application], Awaitable[None]]) -> None:
+        """Run `callback` when the server stops, before open requests are waited for (end live streams here)."""
+        if self._app is None:
+            raise RuntimeError("Console.setup(app) first")
+        self._app.on_shutdown.append(callback)
 
     @property
     def _router(self) -> web.UrlDispatcher:

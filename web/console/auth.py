@@ -83,15 +83,24 @@ class Throttle:
 class Guard:
     """Checks every console request before any page code runs (an aiohttp middleware)."""
 
-    def __init__(self, settings: WebSettings, clock: Clock = time.time) -> None:
-        self.settings = settings
+    def __init__(
+        self, settings: WebSettings, clock: Clock = time.time, current: Callable[[], WebSettings] | None = None
+    ) -> None:
+        self.settings = settings  # as the server started: host and port change only with a restart
+        self.current = current or (lambda: settings)  # the password follows config reloads
         self.clock = clock
         self.throttle = Throttle(clock)
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._password_seen = self.current().password.get_secret_value()
 
     @property
     def password(self) -> str:
-        return self.settings.password.get_secret_value()
+        """The password in the config now; when it changes, every session ends."""
+        password = self.current().password.get_secret_value()
+        if password != self._password_seen:
+            self._sessions.clear()
+        self._password_seen = password
+        return password
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -114,7 +123,7 @@ class Guard:
     def session_of(self, request: web.Request) -> Session | None:
         """The request's live session, if its cookie names one (which is then marked as used)."""
         token = request.cookies.get(COOKIE, "")
-        if not token:
+        if not token or not self.password:
             return None
         # A dict lookup: tokens are 256 random bits, so its timing cannot be used to guess one.
         session = self._sessions.get(token)

@@ -1,0 +1,510 @@
+"""Config forms: fields from the settings schema, labels from config.example.toml, values into tomlkit edits."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import parse_qsl, urlsplit
+
+import tomlkit
+import tomlkit.items
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+
+import adapters.registry  # registers the platform sections
+from core.config import Settings
+from core.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent.parent / "config.example.toml"
+Kind = Literal["bool", "choice", "int", "float", "text", "lines", "ids", "pairs", "secret"]
+Loc = tuple[str | int, ...]
+# Values of fields named like these are secrets, as core.config.collect_secrets treats them.
+_SECRET_NAME = re.compile(r"(key|token|secret|password|passwd)$", re.IGNORECASE)
+# chatgpt-mirai-qq-bot v2 spelled some tables differently; the loader reads both (core.config._ALIASES).
+_ALIASES: dict[tuple[str, ...], str] = {("openai", "gpt_params"): "gpt3_params"}
+
+
+# --- labels and help from config.example.toml ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleNotes:
+    """The comments of config.example.toml: each section's leading comment and each key's comment."""
+
+    sections: dict[str, str]
+    keys: dict[tuple[str, str], str]
+
+    def key(self, table: str, name: str) -> tuple[str, str]:
+        """(label, help) for `name` in `table` ("openai.accounts"); the key itself when undocumented."""
+        lines = self.keys.get((table, name), "").splitlines()
+        if not lines:
+            return name, ""
+        end = 1
+        while end < len(lines) and lines[end - 1].endswith(_CONTINUED):  # a sentence broken over lines
+            end += 1
+        return "".join(lines[:end]), "\n".join(lines[end:])
+
+
+_CONTINUED = ("，", "；", "：", "、", ",", ";", ":")
+_HEADER = re.compile(r"^#?\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?\s*(#.*)?$")
+_COMMENTED_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def parse_example(text: str) -> ExampleNotes:
+    """Read the comments of an example config: the comment lines directly above `key = value` (or
+    above a commented-out `# key = value`) are the key's; those after a section header its section's."""
+    sections: dict[str, str] = {}
+    keys: dict[tuple[str, str], str] = {}
+    table, pending, first_key = "", list[str](), True
+    for raw in text.splitlines():
+        line = raw.strip()
+        header = _HEADER.match(line)
+        if header:
+            table, pending, first_key = header.group(1), [], True
+            continue
+        key = _key_of(line)
+        if key is None:
+            comment = line[1:].strip() if line.startswith("#") else ""
+            if comment:
+                pending.append(comment)
+            else:
+                pending = []  # a blank line or a lone "#" ends a comment block
+            continue
+        if first_key:
+            split = _first_key_split(pending, key)
+            if split:  # a one-line block is the first key's own
+                sections.setdefault(table, "\n".join(pending[:split]))
+            pending, first_key = pending[split:], False
+        keys.setdefault((table, key), "\n".join(pending))
+        pending = []
+    return ExampleNotes(sections, keys)
+
+
+def _key_of(line: str) -> str | None:
+    """The key of `key = value` or of a commented-out `# key = value` that is valid TOML."""
+    body = line[1:].strip() if line.startswith("#") else line
+    match = _COMMENTED_KEY.match(body)
+    if match is None:
+        return None
+    if line.startswith("#"):
+        try:
+            tomllib.loads(body)
+        except tomllib.TOMLDecodeError:
+            return None  # prose that happens to contain "=", like `output_mode = "refuse" 时…`
+    return match.group(1)
+
+
+def _first_key_split(block: list[str], key: str) -> int:
+    """Where a section's first comment block turns from the section to its first key: at the line
+    naming the key, else half way (one line: it serves both)."""
+    for index, line in enumerate(block):
+        if index and re.search(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", line):
+            return index
+    return len(block) // 2
+
+
+@lru_cache(maxsize=1)
+def example_notes() -> ExampleNotes:
+    """The comments of the shipped config.example.toml (none when it is missing)."""
+    try:
+        return parse_example(EXAMPLE.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return ExampleNotes({}, {})
+
+
+# --- the form model ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FormField:
+    """One key's input; `key` names it as the loader does ("response.timeout", "onebot[1].ws_url")."""
+
+    key: str
+    name: str
+    kind: Kind
+    label: str
+    help: str
+    text: str  # the value as the form shows it ("" for secrets)
+    is_set: bool = False  # a secret has a non-empty value in the file
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # empty removes the key (the setting goes back to "not set")
+    multiline: bool = False
+    error: str = ""
+
+
+@dataclass(slots=True)
+class FormGroup:
+    """The keys of one table: a section, a nested table or one entry of an array of tables."""
+
+    key: str
+    title: str
+    help: str
+    table: Loc  # where the table is in the document
+    fields: list[FormField]
+    unknown: list[str] = field(default_factory=list)  # keys the schema does not know, kept as they are
+    error: str = ""
+
+
+@dataclass(slots=True)
+class SectionForm:
+    """Everything one `/config/<section>` page edits."""
+
+    name: str
+    help: str
+    platform: bool
+    absent: bool  # the section is not in the file yet: a change adds it
+    groups: list[FormGroup]
+    error: str = ""
+
+    def fields(self) -> Iterator[FormField]:
+        for group in self.groups:
+            yield from group.fields
+
+    def has_errors(self) -> bool:
+        return bool(self.error) or any(g.error or any(f.error for f in g.fields) for g in self.groups)
+
+
+def sections() -> list[tuple[str, type[BaseModel], bool]]:
+    """(name, model, is a platform) of every section a form can edit, platforms first."""
+    found: list[tuple[str, type[BaseModel], bool]] = [
+        (p.name, p.settings, True) for p in adapters.registry.PLATFORMS if p.settings is not None
+    ]
+    for name, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            found.append((name, model, False))
+    return found
+
+
+def section_form(name: str, document: Mapping[str, Any]) -> SectionForm:
+    """The form of section `name` filled from `document` (a parsed config); raises KeyError for an unknown name."""
+    found = {n: (m, p) for n, m, p in sections()}
+    model, platform = found[name]
+    value = document.get(name)
+    absent = value is None
+    groups: list[FormGroup] = []
+    if platform and isinstance(value, list):
+        for index in range(len(value)):
+            groups += _groups(model, (name, index), f"{name}[{index}]", document)
+    else:
+        groups += _groups(model, (name,), name, document)
+    return SectionForm(name, section_help(name), platform, absent, groups)
+
+
+def section_help(name: str) -> str:
+    """The section's leading comment in the example, else its settings model's description."""
+    found = example_notes().sections.get(name)
+    if found:
+        return found
+    model = next((m for n, m, _ in sections() if n == name), None)
+    return (model.__doc__ or "").replace("`", "") if model is not None else ""
+
+
+def _groups(model: type[BaseModel], table: Loc, key: str, document: Mapping[str, Any]) -> list[FormGroup]:
+    """The group of `model`'s own keys, then its nested tables and arrays of tables."""
+    notes = example_notes()
+    doc_name = _doc_name(table)
+    current = lookup(document, table)
+    values = current if isinstance(current, Mapping) else {}
+    own = FormGroup(key, _title(key, values), notes.sections.get(doc_name, ""), table, [])
+    nested: list[FormGroup] = []
+    for name, info in model.model_fields.items():
+        shape = _shape(info.annotation)
+        if shape.model is not None and not shape.many:
+            nested += _groups(shape.model, (*table, name), f"{key}.{name}", document)
+        elif shape.model is not None:
+            entries = values.get(name)
+            for index in range(len(entries) if isinstance(entries, list) else 0):
+                nested += _groups(shape.model, (*table, name, index), f"{key}.{name}[{index}]", document)
+        else:
+            own.fields.append(_field(name, info, shape, key, doc_name, values))
+    own.unknown = [str(name) for name in values if str(name) not in model.model_fields and not _is_alias(table, name)]
+    return [own, *nested] if own.fields else nested
+
+
+def _title(key: str, values: Mapping[str, Any]) -> str:
+    name = values.get("name")
+    return f"[{key}] {name}" if isinstance(name, str) and name else f"[{key}]"
+
+
+def _is_alias(table: Loc, name: object) -> bool:
+    return any(tuple(table) == parent[:-1] and name == alias for parent, alias in _ALIASES.items())
+
+
+def _doc_name(table: Loc) -> str:
+    """The table's name as config.example.toml writes its header: "openai.accounts", "qqbot.resource"."""
+    return ".".join(str(part) for part in table if isinstance(part, str))
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    kind: Kind
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    model: type[BaseModel] | None = None
+    many: bool = False
+
+
+def _shape(annotation: Any, optional: bool = False) -> _Shape:
+    """What input a field's type needs."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        rest = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _shape(rest[0], True) if len(rest) == 1 else _Shape("text", optional=optional)
+    if origin is Literal:
+        return _Shape("choice", tuple(str(arg) for arg in get_args(annotation)), optional)
+    if origin in (list, tuple):
+        inner = _shape(get_args(annotation)[0]) if get_args(annotation) else _Shape("text")
+        if inner.model is not None:
+            return _Shape("text", model=inner.model, many=True)
+        return _Shape("ids" if origin is tuple else "lines", optional=optional)
+    if origin is dict:
+        return _Shape("pairs", optional=optional)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _Shape("text", model=annotation)
+    simple: dict[Any, Kind] = {SecretStr: "secret", bool: "bool", int: "int", float: "float"}
+    return _Shape(simple.get(annotation, "text"), optional=optional)
+
+
+def _field(
+    name: str, info: FieldInfo, shape: _Shape, group_key: str, doc_name: str, values: Mapping[str, Any]
+) -> FormField:
+    label, help_text = example_notes().key(doc_name, name)
+    present = name in values
+    value = values[name] if present else _default(info)
+    kind = shape.kind
+    if kind == "text" and (_SECRET_NAME.search(name) or _has_url_secret(value)):
+        kind = "secret"
+    text = "" if kind == "secret" else _as_text(kind, value)
+    return FormField(
+        key=f"{group_key}.{name}",
+        name=name,
+        kind=kind,
+        label=label,
+        help=help_text,
+        text=text,
+        is_set=kind == "secret" and present and bool(_plain(value)),
+        choices=shape.choices,
+        optional=shape.optional,
+        multiline="\n" in text and kind == "text",
+    )
+
+
+def _default(info: FieldInfo) -> Any:
+    return None if info.is_required() else info.get_default(call_default_factory=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value.unwrap() if hasattr(value, "unwrap") else value
+
+
+def _has_url_secret(value: Any) -> bool:
+    """A URL with a password or a token parameter in it (`postgresql://u:PASS@h/db`)."""
+    value = _plain(value)
+    if not isinstance(value, str) or "://" not in value:
+        return False
+    try:
+        parts = urlsplit(value.strip())
+        return bool(parts.password) or any(
+            _SECRET_NAME.search(k) or k.lower() in ("sig", "signature") for k, _ in parse_qsl(parts.query)
+        )
+    except ValueError:
+        return True  # cannot tell: do not show it
+
+
+def _as_text(kind: Kind, value: Any) -> str:
+    """A value as the form shows it."""
+    value = _plain(value)
+    if value is None:
+        return ""
+    if kind == "bool":
+        return "true" if value is True else "false"
+    if kind == "ids" and value in (0, "") and not isinstance(value, bool):
+        return ""  # v2 wrote `manager_qq = 0` for "nobody"
+    if kind in ("lines", "ids"):
+        return "\n".join(str(item) for item in value) if isinstance(value, list | tuple) else str(value)
+    if kind == "pairs" and isinstance(value, Mapping):
+        return "\n".join(f"{k} = {v}" for k, v in value.items())
+    return str(value)
+
+
+# --- the document --------------------------------------------------------------------------------
+
+
+def lookup(document: Mapping[str, Any], table: Loc) -> Any:
+    """The table at `table` in `document`, or None. An index picks an array element; index 0 of a
+    plain table is the table itself (a platform section written once)."""
+    current: Any = document
+    for depth, part in enumerate(table):
+        if isinstance(part, int):
+            if isinstance(current, list):
+                current = current[part] if 0 <= part < len(current) else None
+            elif part != 0:
+                current = None
+        elif isinstance(current, Mapping):
+            found = current.get(part)
+            alias = _ALIASES.get(tuple(str(p) for p in table[: depth + 1] if isinstance(p, str)))
+            current = current.get(alias) if found is None and alias else found
+        else:
+            current = None
+        if current is None:
+            return None
+    return current
+
+
+def _ensure(document: tomlkit.TOMLDocument, table: Loc) -> Any:
+    """The table at `table`, created (as `[a.b]`) when it is missing."""
+    current: Any = document
+    for depth, part in enumerate(table):
+        found = lookup(document, table[: depth + 1])
+        if found is None:
+            if isinstance(part, int):
+                raise KeyError(table)  # entries of arrays are only edited, never created here
+            current.add(part, tomlkit.table())
+            found = current[part]
+        entry_follows = depth + 1 < len(table) and isinstance(table[depth + 1], int)
+        if not isinstance(found, list if entry_follows else Mapping):
+            raise ValueError(f"[{_doc_name(table[: depth + 1])}] 在文件里不是表 (is not a table in the file)")
+        current = found
+    return current
+
+
+def apply_form(form: SectionForm, values: Mapping[str, Sequence[str]], document: tomlkit.TOMLDocument) -> int:
+    """Write the changed fields of `values` (name -> every value sent) into `document`.
+
+    Fields left as they were shown are not touched, so their lines (and comments) stay as written.
+    Each field shows what was sent; a value that cannot be read sets the field's error. Returns
+    how many keys changed.
+    """
+    changed = 0
+    for group in form.groups:
+        for form_field in group.fields:
+            sent = values.get(form_field.key)
+            if not sent:
+                continue  # not in this form: leave it alone
+            text = _sent_text(form_field, sent)
+            if form_field.kind == "secret" and not text:
+                continue  # an empty password input keeps the secret
+            if form_field.kind != "secret" and text == form_field.text:
+                continue
+            if form_field.kind != "secret" and not _has_url_secret(text):
+                form_field.text = text  # shown again if the save fails; a password in a URL is not
+            try:
+                _write(document, group.table, form_field, text)
+            except ValueError as exc:
+                form_field.error = str(exc)
+                continue
+            changed += 1
+    return changed
+
+
+def _sent_text(form_field: FormField, sent: Sequence[str]) -> str:
+    if form_field.kind == "bool":  # a hidden "false" comes first; a checked box adds "true"
+        return "true" if "true" in sent else "false"
+    text = sent[-1].replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip() if form_field.kind in ("int", "float", "choice") else text
+
+
+def _write(document: tomlkit.TOMLDocument, table: Loc, form_field: FormField, text: str) -> None:
+    """Set (or, for an emptied optional key, remove) one key; raises ValueError for unreadable input."""
+    container = _ensure(document, table)
+    old = container.get(form_field.name)
+    if form_field.optional and text == "" and form_field.kind not in ("text", "secret"):
+        if old is not None:
+            del container[form_field.name]
+        return
+    container[form_field.name] = _toml_value(form_field, text, old)
+
+
+def _toml_value(form_field: FormField, text: str, old: Any) -> Any:
+    """The TOML item for what was typed, in the style of the value it replaces."""
+    kind = form_field.kind
+    if kind == "bool":
+        return text == "true"
+    if kind in ("int", "float"):
+        return _number(text)
+    if kind in ("lines", "ids"):
+        items = [line for line in text.split("\n") if line.strip()]
+        array = tomlkit.array()
+        array.extend([int(i) if kind == "ids" and _is_id_number(i) else i for i in items])
+        if isinstance(old, tomlkit.items.Array) and "\n" in old.as_string():
+            array.multiline(True)
+        return array
+    if kind == "pairs":
+        return _pairs(text)
+    return _string(text, old)
+
+
+def _number(text: str) -> int | float | str:
+    """An int or float as typed; anything else stays text, so the loader names the problem."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _is_id_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) < 19
+
+
+def _pairs(text: str) -> tomlkit.items.InlineTable:
+    table = tomlkit.inline_table()
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        name, equals, value = line.partition("=")
+        if not equals or not name.strip():
+            raise ValueError("每行写成 名称 = 值 (write one `name = value` a line)")
+        table[name.strip().strip("\"'")] = value.strip().strip("\"'")
+    return table
+
+
+def _string(text: str, old: Any) -> tomlkit.items.String:
+    """A literal string stays literal ('加载预设 (\\w+)') when it can; a multi-line one stays multi-line."""
+    style = old.type if isinstance(old, tomlkit.items.String) else None
+    if style is tomlkit.items.StringType.SLL and "'" not in text and "\n" not in text:
+        return tomlkit.string(text, literal=True)
+    if style in (tomlkit.items.StringType.MLB, tomlkit.items.StringType.MLL) and "\n" in text:
+        return tomlkit.string(text, multiline=True)
+    return tomlkit.string(text)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def attach_error(form: SectionForm, error: ConfigError) -> None:
+    """Show the loader's line next to the field it names, else on its table, else above the form."""
+    line = error.one_line()
+    key = error.key
+    while key:
+        for form_field in form.fields():
+            if form_field.key == key:
+                form_field.error = line
+                return
+        for group in form.groups:
+            if group.key == key:
+                group.error = line
+                return
+        key = _parent_key(key)
+    form.error = line
+
+
+def _parent_key(key: str) -> str:
+    """ "openai.accounts[0].api_key" -> "openai.accounts[0]" -> "openai.accounts" -> "openai"."""
+    if key.endswith("]"):
+        return key[: key.rindex("[")]
+    return key.rpartition(".")[0]

@@ -430,15 +430,16 @@ class ConversationManager:
     def status(self) -> str:
         """Uptime, platform links, queues and today's answers, for `.状态`."""
         uptime = int(time.time() - self.started_at)
-        links = "、".join(f"{name} {'在线' if a.connected else '离线'}" for name, a in self.adapters.items())
-        queued = sum(len(session.waiting) for session in self._sessions.values())
-        answering = sum(session.answering for session in self._sessions.values())
+        links = "、".join(
+            f"{name} {'在线' if a.connected else '离线'}" for name, a in self.adapters.items() if a.counts_for_health
+        )
+        queues = self.queues()
         day, count = self._today
         today = count if day == datetime.date.today() else 0
         return (
             f"运行时间：{uptime // 86400} 天 {uptime % 86400 // 3600} 小时 {uptime % 3600 // 60} 分\n"
             f"平台连接：{links or '无'}\n"
-            f"排队：{queued} 条（{len(self._sessions)} 个会话，{answering} 个正在回答）\n"
+            f"排队：{queues['waiting']} 条（{queues['sessions']} 个会话，{queues['answering']} 个正在回答）\n"
             f"今日回答：{today} 条"
         )
 

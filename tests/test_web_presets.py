@@ -64,7 +64,8 @@ async def test_the_list_shows_names_files_aliases_first_lines_tokens_and_the_def
     client.app.presets.reload()
     await client.login()
     status, page = await client.get("/presets")
-    assert status == 200 and '<a href="/presets" class="current" aria-current="page">预设</a>' in page  # in the navigation
+    assert status == 200
+    assert '<a href="/presets" class="current" aria-current="page">预设</a>' in page  # in the navigation
     row = re.search(r'<tr data-preset="catgirl">.*?</tr>', page, re.DOTALL)
     assert row, page
     tokens = client.app.presets.get("catgirl").tokens

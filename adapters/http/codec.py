@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from adapters.media import data_uri
 from core.message import Image, Message, Text, Voice, describe
 
 SUCCESS, FAILED, DONE = "SUCCESS", "FAILED", "DONE"  # v2's `result` values
@@ -39,26 +37,15 @@ def failed(text: str) -> str:
     return Result(message=[text]).body(FAILED)
 
 
-async def _data_uri(media: Image | Voice, mime: str) -> str:
-    """base64 data as v2 sent it; a URL is passed on as is (the client can fetch it)."""
-    if media.base64:
-        data = media.base64.removeprefix("base64://")
-        return data if data.startswith("data:") else f"data:{mime};base64,{data}"
-    if media.path:
-        raw = await asyncio.to_thread(Path(media.path).read_bytes)
-        return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
-    return media.url
-
-
 async def collect(result: Result, message: Message) -> None:
     """Add a reply's segments to `result`: text to `message[]`, images and voices as data URIs."""
     for seg in message:
         if isinstance(seg, Image):
-            found = await _data_uri(seg, "image/png")
+            found = await data_uri(seg, "image/png")
             if found:
                 result.image.append(found)
         elif isinstance(seg, Voice):
-            found = await _data_uri(seg, "audio/mpeg")
+            found = await data_uri(seg, "audio/mpeg")
             if found:
                 result.voice.append(found)
         elif isinstance(seg, Text):

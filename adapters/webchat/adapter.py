@@ -9,14 +9,13 @@ open chat page as server-sent events.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from adapters.base import Adapter, EventSink
+from adapters.media import data_uri
 from core.event import ChatType, MessageEvent, Target
 from core.message import Image, Message, Text, describe
 
@@ -105,11 +104,6 @@ class WebChatAdapter(Adapter):
 
 
 async def _image_uri(image: Image) -> str:
-    """Something an <img> on the page can show: a data URI, or the picture's http(s) URL."""
-    if image.base64:
-        data = image.base64.removeprefix("base64://")
-        return data if data.startswith("data:") else f"data:image/png;base64,{data}"
-    if image.path:
-        raw = await asyncio.to_thread(Path(image.path).read_bytes)
-        return f"data:image/png;base64,{base64.b64encode(raw).decode()}"
-    return image.url if image.url.startswith(("http://", "https://")) else ""
+    """Something an <img> on the page can show: a data URI, or the picture's http(s) URL ("" otherwise)."""
+    found = await data_uri(image, "image/png")
+    return found if found.startswith(("data:", "http://", "https://")) else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import html
 import re
@@ -15,10 +16,20 @@ import tomlkit
 
 from core.config import loads_config
 from core.errors import ConfigError
-from tests.conftest import VERIFY_KEY, free_port, start_bot
+from tests.conftest import VERIFY_KEY, eventually, free_port, start_bot
 from tests.console_client import PASSWORD, ConsoleClient, console
 from tests.fakes.openai_server import FakeOpenAI
-from web.console.config_form import apply_form, attach_error, parse_example, section_form, sections
+from web.console.config_form import (
+    add_entry,
+    apply_form,
+    attach_error,
+    find_array,
+    new_entry_form,
+    parse_example,
+    remove_entry,
+    section_form,
+    sections,
+)
 from web.console.pages.config import KEEP_BACKUPS, backup_folder, write_config
 
 __all__ = ["console"]  # the fixture, used by name
@@ -435,3 +446,228 @@ async def test_a_read_only_file_is_reported_and_left_alone(
     assert status == 409 and "只读" in page and ":ro" in page
     assert path.read_bytes() == before and commented.app.settings.response.reset != "x"
     assert not list(path.parent.glob(".config.toml.*.tmp"))
+
+
+# --- adding and removing entries of arrays of tables ----------------------------------------------
+
+NEW_KEY = "sk-second-account-9"
+
+
+def removed_and_added(before: str, after: str) -> tuple[list[str], list[str]]:
+    """The lines `after` lost and gained against `before` (difflib)."""
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [line[2:] for line in diff if line.startswith("- ")], [line[2:] for line in diff if line.startswith("+ ")]
+
+
+def version_of(page: str) -> str:
+    found = re.search(r'name="file_version" value="([0-9a-f]*)"', page)
+    assert found, "no file version on the page"
+    return found.group(1)
+
+
+def account_names(client: ConsoleClient) -> list[str]:
+    return [state.name for state in client.app.model.states()]
+
+
+async def add_account(client: ConsoleClient, **values: str) -> tuple[int, str]:
+    status, page = await client.get("/config/openai/new?array=openai.accounts")
+    assert status == 200 and 'action="/config/openai/new"' in page
+    changes = {f"openai__accounts[1]__{name}": value for name, value in values.items()}
+    return await client.post("/config/openai/new", form_of(page, **changes))
+
+
+async def remove(client: ConsoleClient, section: str, array: str, entry: str, confirm: str = "yes") -> tuple[int, str]:
+    _, page = await client.get(f"/config/{section}")
+    form = {"array": array, "entry": entry, "confirm": confirm, "file_version": version_of(page)}
+    return await client.post(f"/config/{section}/remove", form)
+
+
+async def test_an_account_is_added_as_a_new_table_and_used(console: Callable[..., Any]) -> None:
+    client: ConsoleClient = await console()
+    path = config_file(client)
+    before = path.read_text(encoding="utf-8")
+    status, page = await client.get("/config/openai")
+    assert (
+        status == 200
+        and "添加账号 / Add an account" in page
+        and 'href="/config/openai/new?array=openai.accounts"' in page
+    )
+    endpoint = client.app.settings.openai.accounts[0].api_endpoint
+    _, page = await client.get("/config/openai/new?array=openai.accounts")
+    assert "使用的模型名称" in page and 'type="password" id="f-openai.accounts[1].api_key"' in page
+    status, page = await add_account(client, name="second", api_key=NEW_KEY, api_endpoint=endpoint, model="m2")
+    assert status == 200 and "已保存 config.toml" in page and "配置已重新加载" in page
+    assert NEW_KEY not in page
+    no_secret_in(page)
+    after = path.read_text(encoding="utf-8")
+    lost, gained = removed_and_added(before, after)
+    assert lost == [] and "[[openai.accounts]]" in gained
+    added = tomlkit.parse(after)["openai"]["accounts"][1]  # type: ignore[index]
+    assert dict(added) == {"name": "second", "api_key": NEW_KEY, "api_endpoint": endpoint, "model": "m2"}
+    assert account_names(client) == ["main", "second"]
+    assert client.app.settings.openai.accounts[1].api_key.get_secret_value() == NEW_KEY
+    _, page = await client.get("/config/openai")
+    assert 'data-group="openai.accounts[1]"' in page and "[openai.accounts[1]] second" in page
+    no_secret_in(page)
+    assert NEW_KEY not in page
+
+
+async def test_an_account_without_a_key_gets_the_loaders_message_and_nothing_is_written(
+    console: Callable[..., Any],
+) -> None:
+    client: ConsoleClient = await console()
+    path = config_file(client)
+    before = path.read_bytes()
+    status, page = await add_account(client, name="nokey", model="m3")
+    assert status == 400
+    edited = tomlkit.parse(before.decode("utf-8"))
+    edited["openai"]["accounts"].append({"name": "nokey", "model": "m3"})  # type: ignore[index, union-attr]
+    with pytest.raises(ConfigError) as caught:
+        loads_config(tomlkit.dumps(edited), path)
+    assert error_for(page, "openai.accounts[1].api_key") == caught.value.one_line()
+    assert "缺少必填项" in caught.value.one_line() and 'value="nokey"' in page
+    no_secret_in(page)
+    assert path.read_bytes() == before and account_names(client) == ["main"]
+
+
+async def test_an_account_is_removed_but_never_the_last_one(console: Callable[..., Any]) -> None:
+    client: ConsoleClient = await console()
+    path = config_file(client)
+    original = path.read_text(encoding="utf-8")
+    endpoint = client.app.settings.openai.accounts[0].api_endpoint
+    status, _ = await add_account(client, name="second", api_key=NEW_KEY, api_endpoint=endpoint)
+    assert status == 200 and account_names(client) == ["main", "second"]
+    status, page = await remove(client, "openai", "openai.accounts", "1", confirm="")
+    assert status == 400 and "确认删除" in page and account_names(client) == ["main", "second"]
+    _, page = await client.get("/config/openai")
+    assert 'id="remove-openai.accounts[1]"' in page and "删除 / Remove" in page
+    status, page = await remove(client, "openai", "openai.accounts", "1")
+    assert status == 200 and "删除了" in page and "配置已重新加载" in page
+    no_secret_in(page)
+    after = path.read_text(encoding="utf-8")
+    assert after == original and NEW_KEY not in after
+    assert account_names(client) == ["main"]
+    status, page = await remove(client, "openai", "openai.accounts", "0")
+    assert status == 400 and "最后一个账号" in page and "\n" not in page.strip()
+    assert path.read_text(encoding="utf-8") == original and account_names(client) == ["main"]
+
+
+async def test_a_second_onebot_connection_turns_the_table_into_an_array(console: Callable[..., Any]) -> None:
+    client: ConsoleClient = await console({"onebot": {"reverse_ws_host": "127.0.0.1", "reverse_ws_port": free_port()}})
+    path = config_file(client)
+    before = path.read_text(encoding="utf-8")
+    assert "onebot" in client.app.adapters and "[onebot]" in before
+    _, page = await client.get("/config/onebot")
+    assert "添加连接 / Add a connection" in page and 'id="remove-onebot"' in page
+    status, page = await client.get("/config/onebot/new?array=onebot")
+    assert status == 200
+    port = free_port()
+    fields = form_of(page, **{"onebot[1]__reverse_ws_host": "127.0.0.1", "onebot[1]__reverse_ws_port": str(port)})
+    status, page = await client.post("/config/onebot/new", fields)
+    assert status == 200 and "配置已重新加载" in page
+    no_secret_in(page)
+    after = path.read_text(encoding="utf-8")
+    assert after.count("[[onebot]]") == 2 and not re.search(r"^\[onebot\]", after, re.MULTILINE)
+    lost, _ = removed_and_added(before, after)
+    assert lost == ["[onebot]"]  # only the header became [[onebot]]
+    assert {"mirai", "onebot", "onebot#2"} <= client.app.adapters.keys()
+    second = tomlkit.parse(after)["onebot"][1]  # type: ignore[index]
+    assert dict(second) == {"reverse_ws_host": "127.0.0.1", "reverse_ws_port": port}
+    status, page = await remove(client, "onebot", "onebot", "1")
+    assert status == 200 and "onebot#2" not in client.app.adapters and "onebot" in client.app.adapters
+    assert path.read_text(encoding="utf-8").count("[[onebot]]") == 1
+    status, page = await remove(client, "onebot", "onebot", "0")  # mirai stays enabled: the section goes
+    assert status == 200 and "onebot" not in tomlkit.parse(path.read_text(encoding="utf-8"))
+    await eventually(lambda: "onebot" not in client.app.adapters)
+    assert "mirai" in client.app.adapters
+
+
+async def test_the_last_platform_connection_is_not_removed(console: Callable[..., Any]) -> None:
+    onebot = {"reverse_ws_host": "127.0.0.1", "reverse_ws_port": free_port()}
+    client: ConsoleClient = await console({"mirai": {"enable": False}, "onebot": onebot})
+    path = config_file(client)
+    before = path.read_bytes()
+    status, page = await remove(client, "onebot", "onebot", "0")
+    assert status == 400 and "没有启用任何聊天平台" in page
+    assert path.read_bytes() == before and "onebot" in client.app.adapters
+
+
+async def test_adding_to_the_commented_example_keeps_every_comment(commented: ConsoleClient) -> None:
+    path = config_file(commented)
+    before = path.read_text(encoding="utf-8")
+    status, page = await add_account(commented, name="second", api_key=NEW_KEY, model="m2")
+    assert status == 200 and "配置已重新加载" in page
+    after = path.read_text(encoding="utf-8")
+    lost, gained = removed_and_added(before, after)
+    assert lost == [] and [line for line in gained if line] == [
+        "[[openai.accounts]]",
+        'name = "second"',
+        f'api_key = "{NEW_KEY}"',
+        'model = "m2"',
+    ]
+    assert after.index('name = "second"') < after.index("# 更多服务商示例")  # the commented examples follow it
+    status, _ = await remove(commented, "openai", "openai.accounts", "1")
+    assert status == 200 and path.read_text(encoding="utf-8") == before
+
+
+async def test_bad_entry_requests_get_4xx(console: Callable[..., Any]) -> None:
+    client: ConsoleClient = await console()
+    path = config_file(client)
+    before = path.read_bytes()
+    for entry, array in (("x", "openai.accounts"), ("-1", "openai.accounts"), ("7", "openai.accounts"), ("0", "no")):
+        status, page = await remove(client, "openai", array, entry)
+        assert status == 400, (entry, array)
+        assert "\n" not in page.strip()
+    status, _ = await client.get("/config/response/new")
+    assert status == 400
+    status, _ = await client.post("/config/response/new", {"response.reset": "x"})
+    assert status == 400
+    status, _ = await client.get("/config/nosuch/new")
+    assert status == 404
+    status, _ = await client.post("/config/nosuch/remove", {"entry": "0", "confirm": "yes"})
+    assert status == 404
+    status, _ = await client.post("/config/mirai/remove", {"array": "mirai", "entry": "3", "confirm": "yes"})
+    assert status == 400
+    _, page = await client.get("/config/openai/new")
+    stale = form_of(page, **{"openai__accounts[1]__api_key": NEW_KEY, "file_version": "0" * 64})
+    status, page = await client.post("/config/openai/new", stale)
+    assert status == 409 and "被修改过" in page and NEW_KEY not in page
+    assert path.read_bytes() == before
+
+
+async def test_entry_routes_need_a_login_and_the_csrf_token(console: Callable[..., Any]) -> None:
+    client: ConsoleClient = await console(login=False)
+    async with client.http.get(client.base + "/config/openai/new", allow_redirects=False) as response:
+        assert response.status == 303 and response.headers["Location"].startswith("/login")
+    for route in ("/config/openai/new", "/config/openai/remove"):
+        status, _ = await client.post(route, {"array": "openai.accounts", "entry": "0", "confirm": "yes"})
+        assert status in (401, 403), route
+    await client.login()
+    path = config_file(client)
+    before = path.read_bytes()
+    for route in ("/config/openai/new", "/config/openai/remove"):
+        status, _ = await client.post(route, {"array": "openai.accounts", "entry": "0", "confirm": "yes"}, csrf=False)
+        assert status == 403, route
+    assert path.read_bytes() == before
+
+
+def test_a_single_table_keeps_its_comments_when_it_becomes_an_array() -> None:
+    text = (
+        "[[openai.accounts]]\napi_key = 'sk-x'\n\n# before onebot\n[onebot]  # the LLBot one\n"
+        "# forward WebSocket\nws_url = 'ws://a'  # LLBot\n\n# before web\n[web]\nport = 1\n"
+    )
+    document = tomlkit.parse(text)
+    array = find_array("onebot", None)
+    assert array is not None
+    form = new_entry_form("onebot", array, document)
+    assert add_entry(form, array, {"onebot[1].ws_url": ["ws://b"]}, document) == 1
+    after = tomlkit.dumps(document)
+    assert after == text.replace("[onebot]", "[[onebot]]").replace(
+        "# before web", '[[onebot]]\nws_url = "ws://b"\n\n# before web'
+    )
+    remove_entry(array, 1, document)
+    assert tomlkit.dumps(document) == text.replace("[onebot]", "[[onebot]]")
+    remove_entry(array, 0, document)
+    assert tomlkit.dumps(document) == (
+        "[[openai.accounts]]\napi_key = 'sk-x'\n\n# before onebot\n\n# before web\n[web]\nport = 1\n"
+    )

@@ -149,6 +149,8 @@ class FormGroup:
     fields: list[FormField]
     unknown: list[str] = field(default_factory=list)  # keys the schema does not know, kept as they are
     error: str = ""
+    array: str = ""  # the entry's array ("openai.accounts", "onebot") when this group is one entry of it
+    entry: int = 0  # the entry's index in that array
 
 
 @dataclass(slots=True)
@@ -161,6 +163,8 @@ class SectionForm:
     absent: bool  # the section is not in the file yet: a change adds it
     groups: list[FormGroup]
     error: str = ""
+    arrays: list[EntryArray] = field(default_factory=list)  # arrays of tables the page adds entries to
+    adding: EntryArray | None = None  # the form is a new entry of this array
 
     def fields(self) -> Iterator[FormField]:
         for group in self.groups:
@@ -191,10 +195,12 @@ def section_form(name: str, document: Mapping[str, Any]) -> SectionForm:
     groups: list[FormGroup] = []
     if platform and isinstance(value, list):
         for index in range(len(value)):
-            groups += _groups(model, (name, index), f"{name}[{index}]", document)
+            groups += _entry_groups(model, (name, index), f"{name}[{index}]", document, name, index)
+    elif platform and not absent:
+        groups += _entry_groups(model, (name,), name, document, name, 0)
     else:
         groups += _groups(model, (name,), name, document)
-    return SectionForm(name, section_help(name), platform, absent, groups)
+    return SectionForm(name, section_help(name), platform, absent, groups, arrays=entry_arrays(name))
 
 
 def section_help(name: str) -> str:
@@ -221,11 +227,22 @@ def _groups(model: type[BaseModel], table: Loc, key: str, document: Mapping[str,
         elif shape.model is not None:
             entries = values.get(name)
             for index in range(len(entries) if isinstance(entries, list) else 0):
-                nested += _groups(shape.model, (*table, name, index), f"{key}.{name}[{index}]", document)
+                entry_key = f"{key}.{name}[{index}]"
+                nested += _entry_groups(shape.model, (*table, name, index), entry_key, document, f"{key}.{name}", index)
         else:
             own.fields.append(_field(name, info, shape, key, doc_name, values))
     own.unknown = [str(name) for name in values if str(name) not in model.model_fields and not _is_alias(table, name)]
     return [own, *nested] if own.fields else nested
+
+
+def _entry_groups(
+    model: type[BaseModel], table: Loc, key: str, document: Mapping[str, Any], array: str, index: int
+) -> list[FormGroup]:
+    """The groups of one entry of an array of tables; the first one carries the entry's place."""
+    groups = _groups(model, table, key, document)
+    if groups:
+        groups[0].array, groups[0].entry = array, index
+    return groups
 
 
 def _title(key: str, values: Mapping[str, Any]) -> str:
@@ -481,6 +498,233 @@ def _string(text: str, old: Any) -> tomlkit.items.String:
     if style in (tomlkit.items.StringType.MLB, tomlkit.items.StringType.MLL) and "\n" in text:
         return tomlkit.string(text, multiline=True)
     return tomlkit.string(text)
+
+
+# --- entries of arrays of tables -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntryArray:
+    """An array of tables a section's page adds entries to and removes them from: `[[openai.accounts]]`,
+    or a platform section, which may be written once (`[onebot]`) or many times (`[[onebot]]`)."""
+
+    key: str  # "openai.accounts", "onebot"
+    table: Loc  # where the array is in the document
+    model: type[BaseModel]
+    platform: bool
+
+    @property
+    def noun(self) -> str:
+        return (
+            "连接 (connection)"
+            if self.platform
+            else "账号 (account)"
+            if self.key.endswith("accounts")
+            else "项 (entry)"
+        )
+
+    @property
+    def add_label(self) -> str:
+        if self.platform:
+            return "添加连接 / Add a connection"
+        return "添加账号 / Add an account" if self.key.endswith("accounts") else "添加一项 / Add an entry"
+
+
+LAST_ENTRY = "这是最后一个{noun}，不能删除；至少需要保留一个 (the last one cannot be removed)"
+NO_SUCH_ENTRY = "没有这一项，可能已被删除，请刷新页面 (no such entry: reload the page)"
+
+
+def entry_arrays(name: str) -> list[EntryArray]:
+    """The arrays of tables the page of section `name` can add to: the platform itself, or the
+    section's own arrays of tables (`[[openai.accounts]]`)."""
+    found = {n: (m, p) for n, m, p in sections()}
+    if name not in found:
+        return []
+    model, platform = found[name]
+    if platform:
+        return [EntryArray(name, (name,), model, True)]
+    arrays: list[EntryArray] = []
+    for key, info in model.model_fields.items():
+        shape = _shape(info.annotation)
+        if shape.model is not None and shape.many:
+            arrays.append(EntryArray(f"{name}.{key}", (name, key), shape.model, False))
+    return arrays
+
+
+def find_array(name: str, key: str | None) -> EntryArray | None:
+    """Section `name`'s array `key` (its first one when `key` is None or empty), or None."""
+    arrays = entry_arrays(name)
+    if not key:
+        return arrays[0] if arrays else None
+    return next((array for array in arrays if array.key == key), None)
+
+
+def entry_count(document: Mapping[str, Any], array: EntryArray) -> int:
+    """How many entries the array has: a platform written once as `[onebot]` has one."""
+    found = lookup(document, array.table)
+    if isinstance(found, list):
+        return len(found)
+    return 1 if array.platform and isinstance(found, Mapping) else 0
+
+
+def _entry_key(array: EntryArray, index: int) -> str:
+    return array.key if array.platform and index == 0 else f"{array.key}[{index}]"
+
+
+def _entry_table(array: EntryArray, index: int) -> Loc:
+    """Where a new entry goes: a platform's first one is a plain table (`[onebot]`)."""
+    return array.table if array.platform and index == 0 else (*array.table, index)
+
+
+def new_entry_form(name: str, array: EntryArray, document: Mapping[str, Any]) -> SectionForm:
+    """The form of a new entry of `array`, filled with the defaults."""
+    index = entry_count(document, array)
+    key = _entry_key(array, index)
+    table = _entry_table(array, index)
+    groups = _groups(array.model, table, key, {})
+    for group in groups:
+        group.fields.sort(key=lambda f: f.name != "name")  # the name first, as the example writes it
+        group.title = f"新{array.noun} (new): [{key}]" if group.table == table else group.title
+        group.unknown = []
+    return SectionForm(name, section_help(name), array.platform, False, groups, adding=array)
+
+
+def add_entry(
+    form: SectionForm, array: EntryArray, values: Mapping[str, Sequence[str]], document: tomlkit.TOMLDocument
+) -> int:
+    """Append a new table to `array` in `document` holding the keys of `values` that differ from the
+    defaults; a platform written once as `[onebot]` becomes `[[onebot]]` holding both. Comments that
+    followed the last entry (they usually belong to what comes next) move below the new entry.
+    Returns how many keys the new entry has."""
+    index = entry_count(document, array)
+    parent = _ensure(document, array.table[:-1])
+    name = str(array.table[-1])
+    entry = tomlkit.table()
+    tail: list[Any] = []
+    old = parent.get(name)
+    if isinstance(old, tomlkit.items.AoT):
+        tail = _detach_tail(old[-1])
+        old.append(entry)
+    elif isinstance(old, tomlkit.items.Table):
+        tail = _detach_tail(old)
+        parent[name] = tomlkit.aot()
+        parent[name].append(old)
+        parent[name].append(entry)
+    elif old is None and array.platform:
+        parent.add(name, entry)
+    elif old is None:
+        parent.add(name, tomlkit.aot())
+        parent[name].append(entry)
+    else:
+        raise ValueError(f"[{array.key}] 在文件里不是表 (is not a table in the file)")
+    if index and not tail:
+        tail = [tomlkit.ws("\n")]  # a blank line before what follows
+    written = apply_form(form, values, document)
+    entry = lookup(document, _entry_table(array, index))
+    if index:
+        entry.trivia.indent = "\n"  # a blank line above its header
+    for item in tail:
+        entry.add(item)
+    return written
+
+
+def remove_entry(array: EntryArray, index: int, document: tomlkit.TOMLDocument) -> None:
+    """Remove entry `index` of `array`; raises ValueError (one line) when there is no such entry or it
+    is the last account. The last entry of a platform removes the section. Comments that followed
+    the removed entry stay where they were."""
+    count = entry_count(document, array)
+    if not 0 <= index < count:
+        raise ValueError(NO_SUCH_ENTRY)
+    if count == 1 and not array.platform:
+        raise ValueError(LAST_ENTRY.format(noun=array.noun.split(" ")[0]))
+    parent = _ensure(document, array.table[:-1])
+    name = str(array.table[-1])
+    entries = parent[name]
+    if count == 1:
+        removed = entries[0] if isinstance(entries, tomlkit.items.AoT) else entries
+        tail = _detach_tail(removed)
+        holder, place = _place_of(document, array.table)
+        del parent[name]
+        _insert_items(holder, place, tail)
+    elif index:
+        tail = _detach_tail(entries[index])
+        previous = entries[index - 1]
+        for item in _without_double_blanks([*_detach_tail(previous), *tail]):
+            previous.add(item)
+        del entries[index]
+    else:
+        tail = _detach_tail(entries[0])
+        del entries[0]
+        _insert_items(*_place_of(document, array.table), tail)
+
+
+def _container(table: Any) -> Any:
+    """The tomlkit Container holding a table's (or the document's) items."""
+    return table.value if isinstance(table, tomlkit.items.Table) else table
+
+
+def _detach_tail(table: Any) -> list[Any]:
+    """Take the comments and blank lines that end `table` out of it."""
+    body = _container(table).body
+    start = len(body)
+    while start and body[start - 1][0] is None and isinstance(body[start - 1][1], _TRIVIA):
+        start -= 1
+    tail = [item for _, item in body[start:]]
+    del body[start:]
+    return tail
+
+
+def _ends_blank(item: Any) -> bool:
+    """Whether the text of `item` (a blank line, or a table whose last item is one) ends in a blank line."""
+    if isinstance(item, tomlkit.items.AoT) and item.body:
+        item = item.body[-1]
+    if isinstance(item, tomlkit.items.Table):
+        body = item.value.body
+        return bool(body) and _ends_blank(body[-1][1])
+    return isinstance(item, tomlkit.items.Whitespace)
+
+
+def _without_double_blanks(items: list[Any]) -> list[Any]:
+    """Comments and blank lines with no two blank lines in a row."""
+    kept: list[Any] = []
+    for item in items:
+        if not (kept and isinstance(item, tomlkit.items.Whitespace) and isinstance(kept[-1], tomlkit.items.Whitespace)):
+            kept.append(item)
+    return kept
+
+
+def _place_of(document: tomlkit.TOMLDocument, table: Loc) -> tuple[Any, int]:
+    """(container, index in its body) where the text of `table` starts: for `openai.accounts` in a
+    file without an `[openai]` header that is the place of `openai` in the document."""
+    while len(table) > 1:
+        parent = lookup(document, table[:-1])
+        if not (isinstance(parent, tomlkit.items.Table) and parent.is_super_table()):
+            break
+        table = table[:-1]
+    holder = lookup(document, table[:-1]) if len(table) > 1 else document
+    body = _container(holder).body
+    return holder, next(i for i, (key, _) in enumerate(body) if key is not None and key.key == table[-1])
+
+
+def _insert_items(parent: Any, place: int, items: list[Any]) -> None:
+    """Put comments and blank lines at `place` of `parent`'s body (tomlkit has no public way to
+    insert key-less items), keeping its index of keys right."""
+    container = _container(parent)
+    after_blank = place > 0 and _ends_blank(container.body[place - 1][1])
+    while items and after_blank and isinstance(items[0], tomlkit.items.Whitespace):
+        items = items[1:]  # no second blank line
+    if not items:
+        return
+    container.body[place:place] = [(None, item) for item in items]
+    index = container._map  # key -> position (a tuple when a key is written in several places)
+    for key, where in index.items():
+        if isinstance(where, tuple):
+            index[key] = tuple(w + len(items) if w >= place else w for w in where)
+        elif where >= place:
+            index[key] = where + len(items)
+
+
+_TRIVIA = (tomlkit.items.Comment, tomlkit.items.Whitespace)
 
 
 # --- errors --------------------------------------------------------------------------------------

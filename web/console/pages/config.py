@@ -22,7 +22,20 @@ from loguru import logger
 
 from core.config import MAX_CONFIG_BYTES, decode_text, loads_config, read_capped
 from core.errors import ConfigError
-from web.console.config_form import SectionForm, apply_form, attach_error, section_form, section_help, sections
+from web.console.config_form import (
+    EntryArray,
+    SectionForm,
+    add_entry,
+    apply_form,
+    attach_error,
+    entry_count,
+    find_array,
+    new_entry_form,
+    remove_entry,
+    section_form,
+    section_help,
+    sections,
+)
 
 if TYPE_CHECKING:
     from web.console.app import Console
@@ -30,6 +43,12 @@ if TYPE_CHECKING:
 ORDER = 50
 KEEP_BACKUPS = 5
 VERSION_FIELD = "file_version"
+ARRAY_FIELD = "array"  # which array of tables an add or a removal is about ("openai.accounts")
+ENTRY_FIELD = "entry"  # the index of the entry to remove
+CONFIRM_FIELD = "confirm"  # a removal is done only with confirm=yes
+NO_ARRAY = "这一段没有可以添加或删除的条目 (this section has no entries to add or remove)"
+UNCONFIRMED = "请勾选“确认删除”后再删除 (tick the confirmation to remove)"
+BAD_ENTRY = "要删除的条目编号无效 (invalid entry number)"
 _NOTICES = 32  # outcomes of recent saves, shown once after the redirect
 NO_PLATFORM = "这样保存后没有启用任何聊天平台，机器人将无法启动 (no platform would be enabled: the bot could not start)"
 WEB_AFTER_RESTART = (
@@ -158,39 +177,149 @@ def setup(console: Console) -> None:
         name = request.match_info["section"]
         if name not in _names():
             return _unknown(request, name)
-        try:
-            posted = await request.post()
-        except ValueError:
-            return web.Response(status=400, text="无法读取表单 (unreadable form)")
-        values: dict[str, list[str]] = {}
-        for key, value in posted.items():
-            if isinstance(value, str):
-                values.setdefault(key, []).append(value)
+        values = await _posted(request)
+        if values is None:
+            return web.Response(status=400, text=UNREADABLE)
         async with lock:
             return await _save(request, name, values)
 
     async def _save(request: web.Request, name: str, values: dict[str, list[str]]) -> web.StreamResponse:
-        path = config_path()
-        try:
-            current = read_config(path)
-            document = tomlkit.parse(current.text)
-        except Exception as exc:
-            return _render(request, _empty_form(name, _problem(exc)), "", [], status=409)
+        opened = _open(name)
+        if isinstance(opened, SectionForm):
+            return _render(request, opened, "", [], status=409)
+        current, document = opened
         form = section_form(name, document)
-        sent_version = values.get(VERSION_FIELD, [current.version])[-1]
-        if sent_version != current.version:
-            form.error = STALE
+        if _stale(form, current, values):
             return _render(request, form, current.version, [], status=409)
         changed = apply_form(form, values, document)
         if form.has_errors():
             return _render(request, form, current.version, [], status=400)
         if not changed:
             return _redirect(name, ["没有修改，配置文件未改动 (nothing changed)"])
+        done = f"修改了 {changed} 项 ({changed} keys changed)"
+        return await _commit(request, form, current, document, done)
+
+    async def new_entry(request: web.Request) -> web.Response:
+        name = request.match_info["section"]
+        array = find_array(name, request.query.get(ARRAY_FIELD)) if name in _names() else None
+        if array is None:
+            return _no_array(request, name)
+        try:
+            current = read_config(config_path())
+            form = new_entry_form(name, array, tomlkit.parse(current.text))
+        except Exception as exc:
+            return _render(request, _empty_form(name, _problem(exc)), "", [])
+        return _render(request, form, current.version, [])
+
+    async def add(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["section"]
+        values = await _posted(request)
+        if values is None:
+            return web.Response(status=400, text=UNREADABLE)
+        array = find_array(name, _last(values, ARRAY_FIELD)) if name in _names() else None
+        if array is None:
+            return _no_array(request, name)
+        async with lock:
+            return await _add(request, name, array, values)
+
+    async def _add(
+        request: web.Request, name: str, array: EntryArray, values: dict[str, list[str]]
+    ) -> web.StreamResponse:
+        opened = _open(name)
+        if isinstance(opened, SectionForm):
+            return _render(request, opened, "", [], status=409)
+        current, document = opened
+        form = new_entry_form(name, array, document)
+        if _stale(form, current, values):
+            return _render(request, form, current.version, [], status=409)
+        try:
+            add_entry(form, array, values, document)
+        except ValueError as exc:
+            form.error = str(exc)
+        if form.has_errors():
+            return _render(request, form, current.version, [], status=400)
+        done = f"添加了 [[{array.key}]] 第 {entry_count(document, array)} 项 (entry added)"
+        return await _commit(request, form, current, document, done)
+
+    async def remove(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["section"]
+        values = await _posted(request)
+        if values is None:
+            return web.Response(status=400, text=UNREADABLE)
+        array = find_array(name, _last(values, ARRAY_FIELD)) if name in _names() else None
+        if array is None:
+            return _no_array(request, name)
+        if _last(values, CONFIRM_FIELD) != "yes":
+            return web.Response(status=400, text=UNCONFIRMED)
+        index = _index(_last(values, ENTRY_FIELD))
+        if index is None:
+            return web.Response(status=400, text=BAD_ENTRY)
+        async with lock:
+            return await _remove(request, name, array, index, values)
+
+    async def _remove(
+        request: web.Request, name: str, array: EntryArray, index: int, values: dict[str, list[str]]
+    ) -> web.StreamResponse:
+        opened = _open(name)
+        if isinstance(opened, SectionForm):
+            return _render(request, opened, "", [], status=409)
+        current, document = opened
+        form = section_form(name, document)
+        if _stale(form, current, values):
+            return _render(request, form, current.version, [], status=409)
+        try:
+            remove_entry(array, index, document)
+        except ValueError as exc:
+            return web.Response(status=400, text=str(exc))
+        done = f"删除了 [{array.key}] 的第 {index + 1} 项 (entry removed)"
+        return await _commit(request, form, current, document, done, on_fields=False)
+
+    async def _posted(request: web.Request) -> dict[str, list[str]] | None:
+        """Every text value of the posted form by name; None when the body cannot be read."""
+        try:
+            posted = await request.post()
+        except ValueError:
+            return None
+        values: dict[str, list[str]] = {}
+        for key, value in posted.items():
+            if isinstance(value, str):
+                values.setdefault(key, []).append(value)
+        return values
+
+    def _open(name: str) -> tuple[ConfigText, tomlkit.TOMLDocument] | SectionForm:
+        """The config file as it is now and its parsed document, or a form saying why it cannot be read."""
+        try:
+            current = read_config(config_path())
+            return current, tomlkit.parse(current.text)
+        except Exception as exc:
+            return _empty_form(name, _problem(exc))
+
+    def _stale(form: SectionForm, current: ConfigText, values: dict[str, list[str]]) -> bool:
+        """Whether the form was shown before the file last changed (then the form says so)."""
+        if _last(values, VERSION_FIELD, current.version) == current.version:
+            return False
+        form.error = STALE
+        return True
+
+    async def _commit(
+        request: web.Request,
+        form: SectionForm,
+        current: ConfigText,
+        document: tomlkit.TOMLDocument,
+        done: str,
+        on_fields: bool = True,
+    ) -> web.StreamResponse:
+        """Validate the edited document with the loader, write it (keeping a backup), reload, redirect.
+        The loader's complaint goes beside the field it names (`on_fields`), else above the form."""
+        name, path = form.name, current.path
         text = tomlkit.dumps(document)
         try:
             fresh = loads_config(text, path)  # the loader decides, exactly as on start-up and reload
         except ConfigError as exc:
-            attach_error(form, exc)
+            if on_fields:
+                attach_error(form, exc)
+            else:
+                form.error = exc.one_line()
             return _render(request, form, current.version, [], status=400)
         if not fresh.platforms() and not getattr(console.bot, "console", False):
             form.error = NO_PLATFORM  # the bot would refuse this file on reload and on the next start
@@ -201,9 +330,9 @@ def setup(console: Console) -> None:
             logger.error("writing the config file {} failed: {}", path, exc.strerror or type(exc).__name__)
             form.error = write_problem(exc)
             return _render(request, form, current.version, [], status=409)
-        logger.info("config section [{}] saved from the console ({} keys changed)", name, changed)
+        logger.info("config section [{}] saved from the console: {}", name, done)
         outcome = await console.bot.reload()
-        saved = f"已保存 {path.name}，修改了 {changed} 项；原文件备份为 {backup} (saved; the old file is kept)"
+        saved = f"已保存 {path.name}，{done}；原文件备份为 {backup} (saved; the old file is kept)"
         later = [WEB_AFTER_RESTART] if name == "web" else []
         return _redirect(name, [saved, outcome, *later, *fresh.warnings])
 
@@ -224,9 +353,17 @@ def setup(console: Console) -> None:
             form=form,
             version=version,
             version_field=VERSION_FIELD,
+            array_field=ARRAY_FIELD,
+            entry_field=ENTRY_FIELD,
+            confirm_field=CONFIRM_FIELD,
             notice=notice,
             config_path=str(config_path()),
         )
+
+    def _no_array(request: web.Request, name: str) -> web.Response:
+        if name not in _names():
+            return _unknown(request, name)
+        return web.Response(status=400, text=NO_ARRAY)
 
     def _unknown(request: web.Request, name: str) -> web.Response:
         problem = f"没有名为 [{name}] 的配置段 (no such section)"
@@ -237,6 +374,24 @@ def setup(console: Console) -> None:
     console.page("/config", "配置", index)
     console.get("/config/{section}", show)
     console.post("/config/{section}", save)
+    console.get("/config/{section}/new", new_entry)
+    console.post("/config/{section}/new", add)
+    console.post("/config/{section}/remove", remove)
+
+
+UNREADABLE = "无法读取表单 (unreadable form)"
+
+
+def _last(values: dict[str, list[str]], name: str, default: str = "") -> str:
+    """The last value sent for `name`."""
+    sent = values.get(name)
+    return sent[-1] if sent else default
+
+
+def _index(text: str) -> int | None:
+    """An entry number as sent, or None when it is not one."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 6 else None
 
 
 def _names() -> set[str]:

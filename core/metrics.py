@@ -1,20 +1,22 @@
 """What the bot counts about itself: for the console's dashboard (recent windows) and for `/metrics` (Prometheus).
 
 One `Metrics` per running bot; components that are built without one get their own, unread.
-Everything here is in memory and cheap: a counter bump per message, one per model call.
+Counting is plain dict arithmetic (a few hundred nanoseconds per message); prometheus-client is
+imported only when `/metrics` is read, which turns the counts into its metric families.
 """
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 PREFIX = "qq_chatgpt_bot"
 HOUR = 3600.0
@@ -33,8 +35,32 @@ class AccountCalls:
 
     requests: int
     errors: int
-    p50: float | None  # seconds, over the last LATENCY_KEPT calls
+    p50: float | None  # seconds, over the last LATENCY_KEPT successful calls
     p95: float | None
+
+
+@dataclass(slots=True)
+class _Histogram:
+    """Observations counted into fixed buckets, as Prometheus histograms are."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(upper bound, observations at or under it) for each bucket, "+Inf" last."""
+        running, found = 0, []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            found.append((bound, float(running)))
+        return found
 
 
 class _Account:
@@ -46,45 +72,19 @@ class _Account:
         self.latency: deque[float] = deque(maxlen=LATENCY_KEPT)
 
 
-class _Live(Collector):
-    """Gauges read when /metrics is scraped: link states and queue depth."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        links = GaugeMetricFamily(
-            f"{PREFIX}_link_up", "1 when the platform link is up or listening", labels=["platform", "link"]
-        )
-        for platform, link, up in self.metrics.links():
-            links.add_metric([platform, link], 1.0 if up else 0.0)
-        yield links
-        queue = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting for an answer")
-        queue.add_metric([], float(self.metrics.queue_depth()))
-        yield queue
-
-
 class Metrics:
     """Counters, histograms and the dashboard's recent windows."""
 
     def __init__(self, clock: Clock = time.time) -> None:
         self.clock = clock
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self._in = Counter(f"{PREFIX}_messages_received", "Messages received", ["platform"], registry=r)
-        self._out = Counter(f"{PREFIX}_messages_sent", "Messages sent", ["platform"], registry=r)
-        self._answers = Counter(f"{PREFIX}_answers", "Answers to chat messages by outcome", ["outcome"], registry=r)
-        self._model = Histogram(
-            f"{PREFIX}_model_request_seconds", "Model request time", ["account"], buckets=MODEL_BUCKETS, registry=r
-        )
-        self._model_errors = Counter(f"{PREFIX}_model_errors", "Failed model requests", ["account", "kind"], registry=r)
-        self._tokens = Counter(
-            f"{PREFIX}_model_tokens", "Tokens reported by the model server", ["account", "kind"], registry=r
-        )
-        self._db = Histogram(
-            f"{PREFIX}_database_write_seconds", "History database write time", buckets=DB_BUCKETS, registry=r
-        )
-        r.register(_Live(self))
+        # counters by their label values
+        self._in: Counter[tuple[str, ...]] = Counter()
+        self._out: Counter[tuple[str, ...]] = Counter()
+        self._answers: Counter[tuple[str, ...]] = Counter()
+        self._model_errors: Counter[tuple[str, ...]] = Counter()
+        self._tokens: Counter[tuple[str, ...]] = Counter()
+        self._model: dict[str, _Histogram] = {}
+        self._db = _Histogram(DB_BUCKETS)
         self._accounts: dict[str, _Account] = {}
         self._hours: deque[tuple[int, int, int]] = deque(maxlen=25)  # (hour start, ok answers, failed answers)
         self._failures: deque[float] = deque(maxlen=ERRORS_KEPT)
@@ -95,14 +95,14 @@ class Metrics:
     # --- recording ------------------------------------------------------------------------------
 
     def message_in(self, platform: str) -> None:
-        self._in.labels(platform).inc()
+        self._in[(platform,)] += 1
 
     def message_out(self, platform: str) -> None:
-        self._out.labels(platform).inc()
+        self._out[(platform,)] += 1
 
     def answer(self, outcome: str) -> None:
         """A chat message was answered ("ok") or failed (the failure kind: timeout, auth, ...)."""
-        self._answers.labels(outcome).inc()
+        self._answers[(outcome,)] += 1
         now = self.clock()
         hour = int(now // HOUR * HOUR)
         if self._hours and self._hours[-1][0] == hour:
@@ -122,20 +122,23 @@ class Metrics:
         completion_tokens: int | None = None,
     ) -> None:
         """One request to a model account: its time, and its failure kind when it failed."""
-        self._model.labels(account).observe(seconds)
+        histogram = self._model.get(account)
+        if histogram is None:
+            histogram = self._model[account] = _Histogram(MODEL_BUCKETS)
+        histogram.observe(seconds)
         calls = self._accounts.get(account)
         if calls is None:
             calls = self._accounts[account] = _Account()
         calls.requests += 1
         if failure is not None:
             calls.errors += 1
-            self._model_errors.labels(account, failure).inc()
+            self._model_errors[account, failure] += 1
         else:
             calls.latency.append(seconds)
         if prompt_tokens:
-            self._tokens.labels(account, "prompt").inc(prompt_tokens)
+            self._tokens[account, "prompt"] += prompt_tokens
         if completion_tokens:
-            self._tokens.labels(account, "completion").inc(completion_tokens)
+            self._tokens[account, "completion"] += completion_tokens
 
     def database_write(self, seconds: float) -> None:
         self._db.observe(seconds)
@@ -160,7 +163,53 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """Everything in Prometheus' text format."""
-        return generate_latest(self.registry)
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self))
+        return generate_latest(registry)
+
+    def families(self) -> Iterator[Metric]:
+        """The counts as Prometheus metric families (prometheus-client is imported here, when scraped)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        def counter(name: str, help_text: str, labels: Sequence[str], counts: Counter[tuple[str, ...]]) -> Metric:
+            family = CounterMetricFamily(f"{PREFIX}_{name}", help_text, labels=labels)
+            for key, value in sorted(counts.items()):
+                family.add_metric(list(key), value)
+            return family
+
+        yield counter("messages_received", "Messages received", ["platform"], self._in)
+        yield counter("messages_sent", "Messages sent", ["platform"], self._out)
+        yield counter("answers", "Answers to chat messages by outcome", ["outcome"], self._answers)
+        yield counter("model_errors", "Failed model requests", ["account", "kind"], self._model_errors)
+        yield counter("model_tokens", "Tokens reported by the model server", ["account", "kind"], self._tokens)
+        model = HistogramMetricFamily(f"{PREFIX}_model_request_seconds", "Model request time", labels=["account"])
+        for account, histogram in sorted(self._model.items()):
+            model.add_metric([account], histogram.cumulative(), histogram.total)
+        yield model
+        database = HistogramMetricFamily(f"{PREFIX}_database_write_seconds", "History database write time")
+        database.add_metric([], self._db.cumulative(), self._db.total)
+        yield database
+        links = GaugeMetricFamily(
+            f"{PREFIX}_link_up", "1 when the platform link is up or listening", labels=["platform", "link"]
+        )
+        for platform, link, up in self.links():
+            links.add_metric([platform, link], 1.0 if up else 0.0)
+        yield links
+        queue = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting for an answer")
+        queue.add_metric([], float(self.queue_depth()))
+        yield queue
+
+
+class _Families:
+    """A prometheus-client collector over one Metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.families()
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float | None:

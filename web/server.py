@@ -8,7 +8,6 @@ from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from adapters.base import AdapterStatus
 from adapters.listen import LOOPBACK, bearer_token, listen, listener_app, secret_matches
@@ -86,6 +85,8 @@ class WebServer:
                 status=401, text="wrong or missing metrics token", headers={"WWW-Authenticate": "Bearer"}
             )
         assert self.bot is not None  # the route exists only with a bot
+        from prometheus_client import CONTENT_TYPE_LATEST  # loaded when first scraped, not at start
+
         body = await asyncio.to_thread(self.bot.metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import jinja2
 from aiohttp import web
 
 from core.config import WebSettings
 from web.console.auth import CSRF_FIELD, SESSION, Clock, Guard, Session
 from web.console.bot import ConsoleBot
+
+if TYPE_CHECKING:
+    import jinja2
 
 WEB = Path(__file__).resolve().parent.parent
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -28,16 +30,25 @@ class Console:
         self.clock = clock
         self.guard = Guard(settings, clock, lambda: bot.settings.web)
         self.nav: list[tuple[str, str]] = []
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(WEB / "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.templates.filters["when"] = _when
-        self.templates.filters["ago"] = lambda at: _ago(at, self.clock())
+        self._templates: jinja2.Environment | None = None
         self._app: web.Application | None = None
+
+    @property
+    def templates(self) -> jinja2.Environment:
+        """The page templates, loaded with Jinja2 when the first page is shown (not at start)."""
+        if self._templates is None:
+            import jinja2
+
+            self._templates = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(WEB / "templates"),
+                autoescape=True,
+                undefined=jinja2.StrictUndefined,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            self._templates.filters["when"] = _when
+            self._templates.filters["ago"] = lambda at: _ago(at, self.clock())
+        return self._templates
 
     # --- wiring ---------------------------------------------------------------------------------
 

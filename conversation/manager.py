@@ -38,6 +38,7 @@ from storage.seen import MemorySeenEvents, SeenEvents, seen_key
 
 DEDUPE_SIZE = 4096
 STOP_WAIT_SECONDS = 5.0  # how long stop/reset waits for a cancelled answer to unwind
+SESSION_SETTINGS_TTL = 5.0  # seconds a session's settings are served from memory before being read again
 
 
 @dataclass(slots=True, eq=False)
@@ -84,7 +85,8 @@ class ConversationManager:
         self.images = images or ImageFetcher()
         self._reload = reload or self._no_reload
         self._adapters: dict[str, Adapter] = {}
-        self.sessions = SessionSettings(store)
+        # Another process on the same database may change a session's preset or model: re-read after a while.
+        self.sessions = SessionSettings(store, ttl=SESSION_SETTINGS_TTL)
         self.started_at = time.time()
         self._today = (datetime.date.today(), 0)  # (date, messages answered that day)
         self._sessions: dict[str, _Session] = {}  # only sessions with queued or running chat work

@@ -173,19 +173,24 @@ class ConversationManager:
 
     async def _dedupe(self, event: MessageEvent, ctx: Context, next: Next) -> None:
         """Protocols redeliver; adapters with `durable_dedupe` (QQ official, whose callbacks can be
-        replayed) are also checked against the ids kept in the database for a day."""
+        replayed), and every adapter when processes share the database, are also checked against the
+        ids kept in the database for a day."""
         if not event.message_id:
             await next(event, ctx)
             return
-        key = (event.adapter, event.chat_type, event.group_id or event.user_id, event.message_id)
+        # With the bot's own account in it: two accounts in one group see the same message, and each
+        # decides for itself whether it is addressed.
+        key = (event.self_id, event.adapter, event.chat_type, event.group_id or event.user_id, event.message_id)
         if key in self._seen:
             self.log.debug("dropped a redelivered message {}", event.message_id)
             return
         self._seen[key] = None
         if len(self._seen) > DEDUPE_SIZE:
             self._seen.popitem(last=False)
-        # The in-memory check comes first, so the database is asked once per new event.
-        if ctx.adapter is not None and ctx.adapter.durable_dedupe and not await self.seen.first_time(seen_key(*key)):
+        # The in-memory check comes first, so the database is asked once per new event: always for
+        # platforms that replay events, and for every event when several processes share the database.
+        durable = self.settings.database.is_shared or (ctx.adapter is not None and ctx.adapter.durable_dedupe)
+        if durable and not await self.seen.first_time(seen_key(*key)):
             self.log.debug("dropped a redelivered message {}", event.message_id)
             return
         await next(event, ctx)

@@ -132,6 +132,13 @@ class DatabaseSettings(Section):
     """`[database]`."""
 
     url: str = "sqlite+aiosqlite:///data/bot.sqlite3"
+    # Several bot processes use this database: each message id is claimed in the database, so an
+    # event delivered to two of them is answered once. None: yes for PostgreSQL / MySQL, no for SQLite.
+    shared: bool | None = None
+
+    @property
+    def is_shared(self) -> bool:
+        return self.shared if self.shared is not None else not self.url.startswith("sqlite")
 
 
 class TriggerSettings(Section):

@@ -1,0 +1,79 @@
+"""Several bot processes on one database: an event delivered to two of them is answered once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import DatabaseSettings
+from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, mirai_url, start_bot
+from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
+
+
+def test_postgres_and_mysql_are_shared_by_default_sqlite_is_not() -> None:
+    assert DatabaseSettings(url="postgresql+asyncpg://u@h/db").is_shared
+    assert DatabaseSettings(url="mysql+aiomysql://u@h/db").is_shared
+    assert not DatabaseSettings().is_shared
+    assert (
+        DatabaseSettings(shared=True).is_shared and not DatabaseSettings(url="postgresql://h/d", shared=False).is_shared
+    )
+
+
+async def test_an_event_delivered_to_two_processes_is_answered_once(
+    write_config: Callable[..., Path], tmp_path: Path, log_lines: list[str]
+) -> None:
+    database = {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
+    apps = [
+        await start_bot(
+            write_config({"database": database, "mirai": {"reverse_ws_port": free_port()}}, name=f"{n}.toml")
+        )
+        for n in range(2)
+    ]
+    peers = [FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ) for app in apps]
+    try:
+        for peer in peers:
+            await peer.connect()
+        # the same message (same account, same id) reaches both processes at once
+        await asyncio.gather(*(peer.push(friend_message(20001, "只答一次", 4242)) for peer in peers))
+        await eventually(lambda: sum(len(peer.commands) for peer in peers) >= 1)
+        # the other process found the id already claimed in the database
+        await eventually(lambda: any("dropped a redelivered message 4242" in line for line in log_lines))
+        answers = [sent_text(c) for peer in peers for c in peer.commands]
+        assert answers == ["echo: 只答一次"]
+        # another message is answered too (by whichever process receives it)
+        await peers[1].push(friend_message(20001, "下一条", 4243))
+        await eventually(lambda: any(sent_text(c) == "echo: 下一条" for c in peers[1].commands))
+    finally:
+        for peer in peers:
+            await peer.close()
+        for app in apps:
+            await app.stop()
+
+
+async def test_two_accounts_in_one_group_each_decide_for_themselves(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    database = {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
+    accounts = (BOT_QQ, BOT_QQ + 1)
+    apps = [
+        await start_bot(
+            write_config({"database": database, "mirai": {"qq": qq, "reverse_ws_port": free_port()}}, name=f"{qq}.toml")
+        )
+        for qq in accounts
+    ]
+    peers = [FakeMirai(mirai_url(app), VERIFY_KEY, qq) for app, qq in zip(apps, accounts, strict=True)]
+    try:
+        for peer in peers:
+            await peer.connect()
+        # one group message with one id, seen by both accounts, @-mentioning the second one
+        event: dict[str, Any] = group_message(30001, 20001, "叫的是你", 5151, at=accounts[1])
+        await asyncio.gather(*(peer.push(event) for peer in peers))
+        await eventually(lambda: len(peers[1].commands) == 1)
+        assert sent_text(peers[1].commands[0]) == "echo: 叫的是你" and not peers[0].commands
+    finally:
+        for peer in peers:
+            await peer.close()
+        for app in apps:
+            await app.stop()

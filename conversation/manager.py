@@ -39,6 +39,7 @@ from storage.seen import MemorySeenEvents, SeenEvents, seen_key
 DEDUPE_SIZE = 4096
 STOP_WAIT_SECONDS = 5.0  # how long stop/reset waits for a cancelled answer to unwind
 SESSION_SETTINGS_TTL = 5.0  # seconds a session's settings are served from memory before being read again
+SHARED_REFRESH_SECONDS = 3.0  # how often limits and blacklist are read again when processes share the database
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +96,7 @@ class ConversationManager:
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.seen: SeenEvents = MemorySeenEvents()  # App.start() puts the database's store here
         self.tasks = TaskSet("conversation")
+        self._refresher: asyncio.Task[None] | None = None
         self.log = logger.bind(adapter="chat")
         self.replier = Replier(settings, self._adapters, self.metrics)
         # The order DESIGN.md gives; each step may end the message's way (a reply, or silence).
@@ -144,6 +146,21 @@ class ConversationManager:
             asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
         )
         self._group_slots.clear()
+        if settings.database.is_shared and self._refresher is None:
+            self._refresher = self.tasks.spawn(self._refresh_shared_state(), name="shared-state")
+
+    async def _refresh_shared_state(self) -> None:
+        """With several processes on the database: read limits and blacklist again every few seconds,
+        so a change made through another process applies here too (usage is always counted in the
+        database; session settings are re-read by SessionSettings)."""
+        while True:
+            await asyncio.sleep(SHARED_REFRESH_SECONDS)
+            try:
+                await self.admin.load()
+            except StorageError:
+                pass  # the store logged it; the cached limits stay in use until the next try
+            except Exception:
+                self.log.exception("reading limits and blacklist again failed")
 
     async def handle(self, event: Event) -> None:
         """The sink every adapter feeds; returns quickly (work happens in session workers)."""

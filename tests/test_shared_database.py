@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import conversation.manager as manager_module
 from core.config import DatabaseSettings
 from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, mirai_url, start_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
@@ -75,5 +76,44 @@ async def test_two_accounts_in_one_group_each_decide_for_themselves(
     finally:
         for peer in peers:
             await peer.close()
+        for app in apps:
+            await app.stop()
+
+
+async def test_blacklist_and_limits_set_in_one_process_apply_in_the_other(
+    write_config: Callable[..., Path], tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(manager_module, "SHARED_REFRESH_SECONDS", 0.1)
+    database = {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
+    mirai = {"manager_qq": 20099}
+    apps = [
+        await start_bot(
+            write_config({"database": database, "mirai": {**mirai, "reverse_ws_port": free_port()}}, name=f"{n}.toml")
+        )
+        for n in range(2)
+    ]
+    first, second = (FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ) for app in apps)
+    try:
+        await first.connect()
+        await second.connect()
+        await first.push(friend_message(20099, ".拉黑 20005", 1))
+        await eventually(lambda: len(first.commands) == 1)
+        await eventually(lambda: apps[1].admin.is_blocked("20005"))
+        await first.push(friend_message(20099, ".设置 好友 默认 额度为 0 条/小时", 2))
+        await eventually(lambda: len(first.commands) == 2)
+
+        async def limited() -> bool:
+            return await apps[1].admin.limit_for("user", "20006") == 0
+
+        for _ in range(100):
+            if await limited():
+                break
+            await asyncio.sleep(0.05)
+        await second.push(friend_message(20006, "还能聊吗", 3))
+        await eventually(lambda: len(second.commands) == 1)
+        assert sent_text(second.commands[0]) == "已达到额度限制，请等待下一小时继续和我对话。"
+    finally:
+        await first.close()
+        await second.close()
         for app in apps:
             await app.stop()

@@ -20,8 +20,12 @@ RUN useradd --create-home --uid 1000 --user-group bot
 WORKDIR /app
 
 # 先装依赖，代码改动时可复用这一层 / dependencies first, so code changes reuse this layer
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# 用 PostgreSQL / MySQL 时加上对应的驱动 / drivers for PostgreSQL or MySQL:
+#   docker build --build-arg DB_DRIVERS="postgres" .   （或 "mysql"，或 "postgres mysql"）
+ARG DB_DRIVERS=""
+COPY requirements.txt requirements-postgres.txt requirements-mysql.txt ./
+RUN pip install --no-cache-dir -r requirements.txt \
+    && for driver in $DB_DRIVERS; do pip install --no-cache-dir -r "requirements-$driver.txt"; done
 
 COPY . .
 RUN mkdir -p /app/data && chown -R bot:bot /app/data

@@ -289,7 +289,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="检查配置、数据库、模型账号和平台连接后退出 (test every part once, then exit)",
     )
+    transfer = parser.add_mutually_exclusive_group()
+    transfer.add_argument(
+        "--backup",
+        metavar="PATH",
+        type=Path,
+        help="备份数据库后退出：SQLite 在线备份，其他数据库为 JSONL 转储 (back up the database, then exit)",
+    )
+    transfer.add_argument(
+        "--export-history",
+        metavar="PATH",
+        type=Path,
+        help="把全部会话和消息导出为 JSONL 后退出 (export every session and message as JSONL, then exit)",
+    )
+    transfer.add_argument(
+        "--import-history",
+        metavar="PATH",
+        type=Path,
+        help="导入 JSONL 导出或转储，跳过已有的会话 (import an export or a dump; sessions present are skipped)",
+    )
     return parser.parse_args(argv)
+
+
+def _transfer(args: argparse.Namespace) -> tuple[str, Path] | None:
+    """The --backup / --export-history / --import-history action and its path, if one was given."""
+    for action, path in (("backup", args.backup), ("export", args.export_history), ("import", args.import_history)):
+        if path is not None:
+            return action, path
+    return None
+
+
+def _run_transfer(settings: Settings, action: str, path: Path) -> int:
+    """Open the store, do the work, close it, print one line; no adapter or web server starts."""
+    from storage.backup import run_command
+
+    code, line = asyncio.run(run_command(action, settings.database.url, path))
+    print(line, file=sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before the "no platform" error: a v2 file with only unsupported sections learns why.
     for warning in settings.warnings:
         logger.warning(warning)
+    transfer = _transfer(args)
+    if transfer is not None:
+        return _run_transfer(settings, *transfer)
     if not args.console and not args.check and not settings.platforms():
         sections = "、".join(f"[{name}]" for name in platform_names())
         error = ConfigError(

@@ -10,11 +10,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from sqlalchemy import (
     BindParameter,
-    Float,
     Index,
     Integer,
     Select,
-    String,
     Table,
     bindparam,
     delete,
@@ -23,13 +21,15 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import Executable
 
 from core.errors import StorageError
 from storage.errors import DB_ERRORS, failed, retrieve_exception
-from storage.models import Base, Id
+from storage.models import MYSQL_TABLE, Base, Id, UnixTime, key_string
 
 __all__ = ["DEFAULT", "DRAW", "SCOPES", "AdminStore", "RateCheck", "member_target"]
 
@@ -45,11 +45,12 @@ class RateLimitRow(Base):
     """An admin-set limit of messages per hour for one target, or for the scope's "default"."""
 
     __tablename__ = "rate_limits"
+    __table_args__ = MYSQL_TABLE
 
-    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
-    target: Mapped[str] = mapped_column(String(255), primary_key=True)
+    scope: Mapped[str] = mapped_column(key_string(16), primary_key=True)
+    target: Mapped[str] = mapped_column(key_string(), primary_key=True)
     limit_per_hour: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(UnixTime)
 
 
 class UsageRow(Base):
@@ -57,27 +58,43 @@ class UsageRow(Base):
 
     __tablename__ = "usage"
     # A window count is a range of this index (covering: the table itself is never read).
-    __table_args__ = (Index("ix_usage_scope_target_at", "scope", "target", "at"),)
+    __table_args__ = (Index("ix_usage_scope_target_at", "scope", "target", "at"), MYSQL_TABLE)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    scope: Mapped[str] = mapped_column(String(16))
-    target: Mapped[str] = mapped_column(String(255))  # member: "group_id:user_id"
-    at: Mapped[float] = mapped_column(Float)  # unix time
+    scope: Mapped[str] = mapped_column(key_string(16))
+    target: Mapped[str] = mapped_column(key_string())  # member: "group_id:user_id"
+    at: Mapped[float] = mapped_column(UnixTime)
 
 
 class BlacklistRow(Base):
     """A blocked user, group, or user inside one group."""
 
     __tablename__ = "blacklist"
+    __table_args__ = MYSQL_TABLE
 
-    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
-    target: Mapped[str] = mapped_column(String(255), primary_key=True)
-    created_at: Mapped[float] = mapped_column(Float)
+    scope: Mapped[str] = mapped_column(key_string(16), primary_key=True)
+    target: Mapped[str] = mapped_column(key_string(), primary_key=True)
+    created_at: Mapped[float] = mapped_column(UnixTime)
 
 
 rate_limits = cast(Table, RateLimitRow.__table__)
 usage = cast(Table, UsageRow.__table__)
 blacklist = cast(Table, BlacklistRow.__table__)
+
+
+def _limit_upsert(dialect: str, values: dict[str, Any]) -> Executable | None:
+    """Insert-or-replace of one rate_limits row in the dialect's own words; None when it has none."""
+    changed = ("limit_per_hour", "updated_at")
+    if dialect in ("sqlite", "postgresql"):
+        stmt = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(rate_limits).values(values)
+        return stmt.on_conflict_do_update(
+            index_elements=[rate_limits.c.scope, rate_limits.c.target],
+            set_={name: stmt.excluded[name] for name in changed},
+        )
+    if dialect in ("mysql", "mariadb"):
+        mysql_stmt = mysql.insert(rate_limits).values(values)
+        return mysql_stmt.on_duplicate_key_update({name: mysql_stmt.inserted[name] for name in changed})
+    return None
 
 
 def _failed(action: str, exc: BaseException) -> StorageError:
@@ -239,20 +256,22 @@ class AdminStore:
     async def _set_limit(self, key: tuple[str, str], per_hour: int) -> None:
         scope, target = key
         c = rate_limits.c
+        values = {"scope": scope, "target": target, "limit_per_hour": per_hour, "updated_at": time.time()}
         async with self._lock:
             async with self._engine.begin() as conn:
-                # Update-then-insert works on every dialect; the lock makes it race-free in-process.
-                changed = await conn.execute(
-                    update(rate_limits)
-                    .where(c.scope == scope, c.target == target)
-                    .values(limit_per_hour=per_hour, updated_at=time.time())
-                )
-                if changed.rowcount == 0:
-                    await conn.execute(
-                        insert(rate_limits).values(
-                            scope=scope, target=target, limit_per_hour=per_hour, updated_at=time.time()
-                        )
+                native = _limit_upsert(conn.dialect.name, values)
+                if native is not None:  # one statement: also race-free between processes
+                    await conn.execute(native)
+                else:
+                    # Update-then-insert; rowcount counts matched rows (SQLAlchemy asks MySQL
+                    # drivers for FOUND_ROWS), and the lock makes it race-free in-process.
+                    changed = await conn.execute(
+                        update(rate_limits)
+                        .where(c.scope == scope, c.target == target)
+                        .values(limit_per_hour=per_hour, updated_at=values["updated_at"])
                     )
+                    if changed.rowcount == 0:
+                        await conn.execute(insert(rate_limits).values(values))
             self._limits[key] = per_hour
 
     async def clear_limit(self, scope: str, target: str) -> bool:

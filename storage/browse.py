@@ -218,13 +218,14 @@ class HistoryBrowser:
         limit: int = SESSIONS_PER_PAGE,
     ) -> SessionPage:
         """Sessions with the newest activity first; `platform` is the key's first part, `id_contains` a
-        substring of its ids."""
+        substring of its ids in any case."""
         query = self._summaries()
         if platform:
             query = query.where(_s.session_key.like(_prefix_pattern(platform + ":"), escape="\\"))
         if id_contains:
             ids = func.substr(_s.session_key, len(platform) + 2) if platform else _s.session_key
-            query = query.where(ids.like(like_pattern(id_contains), escape="\\"))
+            # ilike: SQLite's LIKE ignores ASCII case, PostgreSQL's and a binary collation's do not.
+            query = query.where(ids.ilike(like_pattern(id_contains), escape="\\"))
         if after is not None:
             query = query.where(
                 or_(

@@ -48,6 +48,28 @@ class DatabaseNotWritable(StorageError):
         return f"数据库无法写入 database not writable: {self.key} = {self.problem}"
 
 
+class DatabaseTooNew(DatabaseNotWritable):
+    """The database's schema revision is one this version of the bot does not know: it was made by
+    a newer version, and this one must not write to it.
+
+    A DatabaseNotWritable, so start-up reports it the same way (one line, the config exit code).
+    """
+
+    def __init__(self, shown_url: str, revision: str, head: str) -> None:
+        self.shown_url = shown_url
+        self.revision = revision
+        self.head = head
+        super().__init__(shown_url, f"schema revision {revision}")
+
+    def one_line(self) -> str:
+        """The single line shown to the user, naming the revision found and the newest one known."""
+        return (
+            f"数据库由更新版本的机器人创建（结构版本 {self.revision}，本版本只认识到 {self.head}），请升级机器人"
+            f" database made by a newer version of the bot (schema revision {self.revision}, this version"
+            f" knows up to {self.head}; upgrade the bot): {self.key} = {self.shown_url}"
+        )
+
+
 def short(exc: BaseException) -> str:
     """First line of an exception's text; SQLAlchemy appends SQL and a help link we do not show."""
     text = _HELP_LINK.sub("", str(getattr(exc, "orig", None) or exc)).strip()

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from loguru import logger
-from sqlalchemy import Float, String, Table, delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from storage.errors import DB_ERRORS, failed, retrieve_exception, short
-from storage.models import Base
+from storage.errors import DB_ERRORS, failed, is_transient, retrieve_exception, short
+from storage.models import MYSQL_TABLE, Base, UnixTime, key_string
 
 __all__ = ["KEEP_SECONDS", "MemorySeenEvents", "SeenEvents", "SqlSeenEvents", "seen_key"]
 
@@ -25,15 +25,17 @@ KEEP_SECONDS = 24 * 3600.0  # the platform redelivers within minutes; a day cove
 PRUNE_EVERY = 3600.0
 MAX_KEY = 255
 MEMORY_SIZE = 100_000
+TRIES = 3  # attempts of one check when the database reports a deadlock or a lost link
 
 
 class SeenEventRow(Base):
     """One event id and when it first arrived; rows older than a day are pruned."""
 
     __tablename__ = "seen_events"
+    __table_args__ = MYSQL_TABLE
 
-    key: Mapped[str] = mapped_column(String(MAX_KEY), primary_key=True)
-    seen_at: Mapped[float] = mapped_column(Float)  # unix time
+    key: Mapped[str] = mapped_column(key_string(MAX_KEY), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(UnixTime)
 
 
 seen_events = cast(Table, SeenEventRow.__table__)
@@ -106,6 +108,11 @@ class SqlSeenEvents:
                 set_={"seen_at": statement.excluded.seen_at},
                 where=seen_events.c.seen_at < statement.excluded.seen_at - KEEP_SECONDS,
             )
+        # MySQL/MariaDB: INSERT IGNORE says by its rowcount whether the key was new, without the
+        # savepoint a duplicate would otherwise need (a deadlock there drops the savepoint too).
+        self._insert_ignore: Any = None
+        if dialect in ("mysql", "mariadb"):
+            self._insert_ignore = insert(seen_events).prefix_with("IGNORE")
 
     @classmethod
     async def open(cls, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> SqlSeenEvents:
@@ -128,23 +135,34 @@ class SqlSeenEvents:
         return await asyncio.shield(task)
 
     async def _first_time(self, key: str) -> bool:
-        now = self.clock()
-        try:
-            async with self._engine.begin() as conn:
-                if now >= self._next_prune:
-                    self._next_prune = now + PRUNE_EVERY
-                    await conn.execute(delete(seen_events).where(seen_events.c.seen_at < now - KEEP_SECONDS))
-                if self._upsert is not None:
-                    result = await conn.execute(self._upsert, {"key": key, "seen_at": now})
-                    return bool(result.rowcount)
-                return await self._portable_first_time(conn, key, now)
-        except DB_ERRORS as exc:
-            logger.warning("seen events: could not check an event id ({}); treating it as new", short(exc))
-            return True
+        key = seen_key(key)  # a longer key would not fit the column
+        for attempt in range(1, TRIES + 1):
+            try:
+                return await self._check(key, self.clock())
+            except DB_ERRORS as exc:
+                # Two processes checking one id can deadlock on a server database: the loser's
+                # transaction is rolled back whole, and trying again gives the right answer.
+                if attempt < TRIES and is_transient(exc):
+                    continue
+                logger.warning("seen events: could not check an event id ({}); treating it as new", short(exc))
+        return True
+
+    async def _check(self, key: str, now: float) -> bool:
+        async with self._engine.begin() as conn:
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_EVERY
+                await conn.execute(delete(seen_events).where(seen_events.c.seen_at < now - KEEP_SECONDS))
+            if self._upsert is not None:
+                result = await conn.execute(self._upsert, {"key": key, "seen_at": now})
+                return bool(result.rowcount)
+            if self._insert_ignore is not None:
+                inserted = await conn.execute(self._insert_ignore, {"key": key, "seen_at": now})
+                return bool(inserted.rowcount) or await self._renew(conn, key, now)
+            return await self._portable_first_time(conn, key, now)
 
     @staticmethod
     async def _portable_first_time(conn: Any, key: str, now: float) -> bool:
-        """Insert-or-renew for dialects without ON CONFLICT."""
+        """Insert-or-renew for dialects with neither ON CONFLICT nor INSERT IGNORE."""
         c = seen_events.c
         at = (await conn.execute(select(c.seen_at).where(c.key == key))).scalar_one_or_none()
         if at is None:
@@ -156,8 +174,19 @@ class SqlSeenEvents:
             return True
         if now - at < KEEP_SECONDS:
             return False
-        await conn.execute(update(seen_events).where(c.key == key).values(seen_at=now))
-        return True
+        return await SqlSeenEvents._renew(conn, key, now)
+
+    @staticmethod
+    async def _renew(conn: Any, key: str, now: float) -> bool:
+        """Renew the key's row if it is older than the window: then the event counts as new.
+
+        Of two processes renewing at once, one wins. rowcount is the matched rows (FOUND_ROWS on
+        MySQL), and a row matched here is always changed."""
+        c = seen_events.c
+        renewed = await conn.execute(
+            update(seen_events).where(c.key == key, c.seen_at < now - KEEP_SECONDS).values(seen_at=now)
+        )
+        return bool(renewed.rowcount)
 
     async def close(self) -> None:
         """Wait for checks still running; call before closing the history store."""

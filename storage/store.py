@@ -15,7 +15,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from loguru import logger
 from sqlalchemy import BindParameter, Table, bindparam, delete, event, false, func, insert, select, true, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -69,6 +69,7 @@ _HELD_BUSY_TIMEOUT_MS = 250
 # The row the start-up check writes and deletes; no session key has this shape.
 _WRITE_CHECK_KEY = "storage:write-check"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+_MYSQL_FAMILY = ("mysql", "mariadb")
 
 
 def _redact(url: str) -> str:
@@ -232,7 +233,8 @@ class _Held:
 
 
 class _SessionUpsert:
-    """Insert-or-update of one sessions row: native ON CONFLICT where the dialect has it."""
+    """Insert-or-update of one sessions row: native ON CONFLICT (SQLite, PostgreSQL) or
+    ON DUPLICATE KEY UPDATE (MySQL, MariaDB); update-then-insert elsewhere."""
 
     def __init__(self, dialect: Dialect, values: dict[str, Any], fast: bool) -> None:
         # `values` maps column names to bind parameters / SQL expressions and includes session_key.
@@ -247,6 +249,10 @@ class _SessionUpsert:
                 set_={name: stmt.excluded[name] for name in changed},
             )
             self.native = _Statement(upsert, compile_for)
+        elif dialect.name in _MYSQL_FAMILY:
+            mysql_stmt = mysql.insert(sessions).values(values)
+            duplicate = mysql_stmt.on_duplicate_key_update({name: mysql_stmt.inserted[name] for name in changed})
+            self.native = _Statement(duplicate, compile_for)
         where = sessions.c.session_key == values["session_key"]
         changes = {name: values[name] for name in changed}
         self.update = _Statement(update(sessions).where(where).values(changes), compile_for)
@@ -285,6 +291,8 @@ class SqlHistoryStore:
         dialect = engine.dialect
         compile_for = dialect if fast else None
         self._compile_for = compile_for
+        # PostgreSQL's text cannot hold U+0000 (it refuses the whole row); the others store it.
+        self._nul_free = dialect.name == "postgresql"
         m, s = messages.c, sessions.c
         key: BindParameter[str] = bindparam("key")
         # Statements are built (and for the fast path compiled) once: doing it per call would cost
@@ -305,6 +313,9 @@ class SqlHistoryStore:
         self._touch = _SessionUpsert(dialect, {"session_key": key, "updated_at": now}, fast)
         max_id = select(func.coalesce(func.max(m.id), 0)).where(m.session_key == key).scalar_subquery()
         self._reset = _SessionUpsert(dialect, {"session_key": key, "cleared_before": max_id, "updated_at": now}, fast)
+        self._lock_session: _Statement | None = None
+        if dialect.name != "sqlite":
+            self._lock_session = _Statement(select(s.session_key).where(s.session_key == key).with_for_update(), None)
         self._get_session = _Statement(
             select(s.preset, s.model, s.account, s.updated_at, s.reply_mode).where(s.session_key == key), compile_for
         )
@@ -332,6 +343,7 @@ class SqlHistoryStore:
                 "sqlite+aiosqlite:/// or postgresql+asyncpg://"
             )
         is_sqlite = parsed.get_backend_name() == "sqlite"
+        parsed = _with_utf8mb4(parsed)
         if is_sqlite:
             database = parsed.database or ""
             if database and database != ":memory:" and not database.startswith("file:"):
@@ -371,6 +383,8 @@ class SqlHistoryStore:
                 await connection.conn.close()
             await engine.dispose()
             logger.error("history store: opening {} failed: {!r}", shown, exc)
+            if isinstance(exc, StorageError):  # from the schema step, already one clear line
+                raise
             if not_writable(exc) or (checking_write and not is_lock_wait(exc) and not _is_link_failure(exc)):
                 raise DatabaseNotWritable(shown, not_writable_detail(exc)) from exc
             raise StorageError(f"history store: cannot open {shown}: {short(exc)}") from exc
@@ -489,6 +503,12 @@ class SqlHistoryStore:
                 self.on_write(time.monotonic() - started)
             return result
 
+    async def _take_session(self, tx: _Tx, session_key: str) -> None:
+        """Lock the session's row for this transaction (a server database runs writers of one
+        session concurrently); SQLite already runs one writer at a time, so nothing is sent."""
+        if self._lock_session is not None:
+            await tx.fetch(self._lock_session, {"key": session_key})
+
     @_finish_even_if_cancelled
     async def window(self, session_key: str, budget_tokens: int) -> list[StoredTurn]:
         """The newest visible turns fitting `budget_tokens`, oldest first. Raises StorageError."""
@@ -518,7 +538,7 @@ class SqlHistoryStore:
             {
                 "session_key": session_key,
                 "role": role,
-                "content": text,
+                "content": _without_nul(text) if self._nul_free else text,
                 "tokens": estimate_tokens(text),
                 "hidden": False,
                 "created_at": at,
@@ -527,9 +547,11 @@ class SqlHistoryStore:
         ]
 
         async def write(tx: _Tx) -> None:
+            # The session's row first: on a server database its row lock makes two writers of one
+            # session take turns, so one exchange's ids are never interleaved with another's.
+            await self._touch.run(tx, {"key": session_key, "now": at})
             # executemany keeps list order, so the user row always gets the smaller id.
             await tx.execute_many(self._insert_message, rows)
-            await self._touch.run(tx, {"key": session_key, "now": at})
 
         await self._run("saving an exchange", write, write=True)
 
@@ -541,6 +563,7 @@ class SqlHistoryStore:
         marker = reset_marker_row(session_key, now)
 
         async def write(tx: _Tx) -> None:
+            await self._take_session(tx, session_key)
             # The marker goes in first, so `cleared_before` (the max id, read and written by one
             # statement, so no append can slip in between) is the marker's own id.
             await tx.execute(self._insert_message, marker)
@@ -553,6 +576,7 @@ class SqlHistoryStore:
         """Hide the last visible user+assistant pair; False if there is none. Raises StorageError."""
 
         async def write(tx: _Tx) -> bool:
+            await self._take_session(tx, session_key)
             rows = await tx.fetch(self._last_two, {"key": session_key})
             # Exchanges are written as pairs, so a well-formed tail is assistant over user.
             if [row[1] for row in rows] != ["assistant", "user"]:
@@ -598,6 +622,19 @@ async def _check_writable(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(insert(sessions).values(session_key=_WRITE_CHECK_KEY, updated_at=0.0))
         await conn.execute(delete(sessions).where(sessions.c.session_key == _WRITE_CHECK_KEY))
+
+
+def _without_nul(text: str) -> str:
+    """The text with each NUL character replaced by U+FFFD, which any text column can store."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _with_utf8mb4(url: URL) -> URL:
+    """MySQL/MariaDB connections default to a 3-byte "utf8" on many servers, which cannot hold
+    emoji: ask for utf8mb4 unless the URL names a charset itself."""
+    if url.get_backend_name() in _MYSQL_FAMILY and "charset" not in url.query:
+        return url.update_query_dict({"charset": "utf8mb4"})
+    return url
 
 
 def _is_link_failure(exc: BaseException) -> bool:

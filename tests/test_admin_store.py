@@ -1,4 +1,5 @@
-"""AdminStore on a real SQLite file: limits, sliding-window usage, blacklist, persistence, speed."""
+"""AdminStore on a real SQLite file, PostgreSQL and MariaDB server: limits, sliding-window usage,
+blacklist, persistence, speed."""
 
 from __future__ import annotations
 
@@ -11,22 +12,43 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import insert, text
+from sqlalchemy import insert
+from sqlalchemy.schema import DropTable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from core.errors import StorageError
 from storage.admin import AdminStore, RateCheck, member_target, usage
 from storage.store import SqlHistoryStore
 
+pytest_plugins = ("tests.dbservers",)
+
 NOW = 1_700_000_000.0
+# AdminStore always goes through SQLAlchemy (the history store's aiosqlite fast path is not used),
+# so SQLite is one backend here; the servers are real ones started by tests/dbservers.py.
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+SERVER_URL_FIXTURES = {"postgresql": "postgres_url", "mariadb": "mariadb_url"}
 
 
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "bot.sqlite3"
 
 
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param in SERVER_URL_FIXTURES:
+        return str(request.getfixturevalue(SERVER_URL_FIXTURES[request.param]))
+    return f"sqlite+aiosqlite:///{db_path(tmp_path)}"
+
+
 @pytest_asyncio.fixture
-async def history(tmp_path: Path) -> AsyncIterator[SqlHistoryStore]:
+async def history(database_url: str) -> AsyncIterator[SqlHistoryStore]:
+    opened = await SqlHistoryStore.open(database_url)
+    yield opened
+    await opened.close()
+
+
+@pytest_asyncio.fixture
+async def sqlite_history(tmp_path: Path) -> AsyncIterator[SqlHistoryStore]:
     opened = await SqlHistoryStore.open(f"sqlite+aiosqlite:///{db_path(tmp_path)}")
     yield opened
     await opened.close()
@@ -233,8 +255,8 @@ async def test_is_blocked_requires_load(history: SqlHistoryStore) -> None:
     assert store.is_blocked("1")
 
 
-async def test_state_survives_a_restart(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{db_path(tmp_path)}"
+async def test_state_survives_a_restart(database_url: str) -> None:
+    url = database_url
     history = await SqlHistoryStore.open(url)
     admin = AdminStore(history.engine)
     await admin.load()
@@ -259,14 +281,51 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         await history.close()
 
 
+async def test_targets_compare_exactly(admin: AdminStore) -> None:
+    # QQ official ids (openids) are case-sensitive; MariaDB's default collations are not.
+    await admin.block("user", "AbC")
+    await admin.set_limit("user", "XyZ", 0)
+    await admin.record(NOW, ("user", "XyZ"), ("user", "XyZ"))
+    other = AdminStore(admin._engine)  # what another process reads from the database
+    await other.load()
+    assert other.is_blocked("AbC") and not other.is_blocked("abc") and not other.is_blocked("ABC")
+    assert await other.limit_for("user", "xyz") is None and await other.limit_for("user", "XyZ") == 0
+    assert await other.count("user", "xyz", now=NOW) == 0 and await other.count("user", "XyZ", now=NOW) == 2
+    assert await other.block("user", "abc") is True  # a different target, not a duplicate
+    assert await other.unblock("user", "ABC") is False
+
+
+async def test_setting_the_same_limit_twice_keeps_one_row(admin: AdminStore) -> None:
+    # MySQL reports changed rows, not matched ones, unless asked otherwise: an unchanged UPDATE
+    # must not be taken for a missing row.
+    await admin.set_limit("group", "7", 5)
+    await admin.set_limit("group", "7", 5)
+    other = AdminStore(admin._engine)
+    assert await other.limits() == {("group", "7"): 5}
+
+
+async def test_a_block_made_elsewhere_is_seen_after_load(admin: AdminStore) -> None:
+    other = AdminStore(admin._engine)  # another process, loaded before the block
+    await other.load()
+    assert await admin.block("member", "7:1") is True
+    assert not other.is_blocked("1", "7")
+    assert await other.block("member", "7:1") is False  # the database says it is there already
+    assert other.is_blocked("1", "7")
+    await other.load()
+    assert await other.blocked() == frozenset({("member", "7:1")})
+
+
 # --- failures and cancellation ------------------------------------------------------------------
 
 
 async def test_database_errors_become_storage_errors(admin: AdminStore, history: SqlHistoryStore) -> None:
     async with history.engine.begin() as conn:
-        await conn.execute(text("DROP TABLE usage"))
-    with pytest.raises(StorageError, match=r"admin store: counting usage failed: no such table: usage$"):
+        await conn.execute(DropTable(usage))  # quoted: USAGE is a reserved word on MySQL
+    with pytest.raises(StorageError, match=r"admin store: counting usage failed: .*usage") as raised:
         await admin.count("user", "1", now=NOW)
+    assert "\n" not in str(raised.value)
+    if history.engine.dialect.name == "sqlite":
+        assert str(raised.value).endswith("no such table: usage")
     with pytest.raises(StorageError, match="recording usage"):
         await admin.record(NOW, ("user", "1"))
 
@@ -294,7 +353,9 @@ async def test_admin_writes_interleave_with_history_writes(admin: AdminStore, hi
 # --- index and speed ----------------------------------------------------------------------------
 
 
-async def test_window_counts_use_the_index(admin: AdminStore, history: SqlHistoryStore, tmp_path: Path) -> None:
+async def test_window_counts_use_the_index(sqlite_history: SqlHistoryStore, tmp_path: Path) -> None:
+    history = sqlite_history
+    admin = AdminStore(history.engine)
     await admin.record(NOW, ("user", "1"))
     statement = admin._count_statement(3)  # what check() runs for user + group + member
     compiled = cast(SQLCompiler, statement.compile(dialect=history.engine.dialect))
@@ -328,3 +389,16 @@ async def test_check_is_fast_with_10000_usage_rows(admin: AdminStore, history: S
         await admin.check(keys, now=NOW)
     per_call = (time.perf_counter() - started) / calls
     assert per_call < 0.005, f"{per_call * 1000:.2f} ms per check"
+
+
+async def test_two_processes_setting_one_limit_leave_one_row(admin: AdminStore, database_url: str) -> None:
+    other_history = await SqlHistoryStore.open(database_url)  # another process's engine
+    try:
+        other = AdminStore(other_history.engine)
+        await asyncio.gather(*(store.set_limit("user", "1", n) for n in range(5) for store in (admin, other)))
+        fresh = AdminStore(other_history.engine)
+        limits = await fresh.limits()
+        assert list(limits) == [("user", "1")] and limits[("user", "1")] in range(5)
+        await other.close()
+    finally:
+        await other_history.close()

@@ -1,4 +1,4 @@
-"""Contract tests of the history store: SQLite and in-memory must behave the same."""
+"""Contract tests of the history store: SQLite, PostgreSQL, MariaDB and in-memory must behave the same."""
 
 from __future__ import annotations
 
@@ -22,18 +22,26 @@ from storage.memory import MemoryHistoryStore
 from storage.models import messages
 from storage.store import SqlHistoryStore, _AlchemyTx, _SessionUpsert
 
+pytest_plugins = ("tests.dbservers",)
+
+# Every backend the contract tests run on; the two servers are real ones started by tests/dbservers.py.
+BACKENDS = ["sqlite", "sqlite-via-sqlalchemy", "memory", "postgresql", "mariadb"]
+SERVER_URL_FIXTURES = {"postgresql": "postgres_url", "mariadb": "mariadb_url"}
+
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-@pytest_asyncio.fixture(params=["sqlite", "sqlite-via-sqlalchemy", "memory"])
+@pytest_asyncio.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HistoryStore]:
     opened: HistoryStore
     if request.param == "sqlite":
         opened = await SqlHistoryStore.open(sqlite_url(tmp_path / "bot.sqlite3"))
     elif request.param == "sqlite-via-sqlalchemy":  # the path PostgreSQL and other databases take
         opened = await SqlHistoryStore.open(sqlite_url(tmp_path / "bot.sqlite3"), driver_fast_path=False)
+    elif request.param in SERVER_URL_FIXTURES:
+        opened = await SqlHistoryStore.open(request.getfixturevalue(SERVER_URL_FIXTURES[request.param]))
     else:
         opened = MemoryHistoryStore()
     yield opened
@@ -220,7 +228,7 @@ async def test_cancelled_appends_never_leave_half_an_exchange(store: HistoryStor
     if isinstance(store, SqlHistoryStore):
         # On the SQLAlchemy path cancelled appends finish in the background; close() waits for them.
         await store.close()
-        store = await SqlHistoryStore.open(store.engine.url.render_as_string())
+        store = await SqlHistoryStore.open(store.engine.url.render_as_string(hide_password=False))
     try:
         window = await store.window("s", 100_000)
     finally:
@@ -228,6 +236,39 @@ async def test_cancelled_appends_never_leave_half_an_exchange(store: HistoryStor
     assert [turn.role for turn in window] == ["user", "assistant"] * (len(window) // 2)
     assert [turn.content[1:] for turn in window[0::2]] == [turn.content[1:] for turn in window[1::2]]
     assert "q-last" in contents(window)
+
+
+@pytest.mark.asyncio
+async def test_emoji_and_case_different_keys_round_trip(store: HistoryStore) -> None:
+    # 4-byte UTF-8 (emoji, rare CJK) needs utf8mb4 on MariaDB; its default collations ignore case.
+    text = "笑死😂🐱 𠀀 Ünïcödé"
+    await store.append_exchange("qq:private:Ab", text, "👍" * 3)
+    await store.append_exchange("qq:private:aB", "lower", "case")
+    await store.update_session("qq:private:Ab", preset="猫娘🐱")
+    assert contents(await store.window("qq:private:Ab", 1000)) == [text, "👍👍👍"]
+    assert contents(await store.window("qq:private:aB", 1000)) == ["lower", "case"]
+    assert await store.window("qq:private:ab", 1000) == []
+    assert (await store.get_session("qq:private:Ab")).preset == "猫娘🐱"
+    assert (await store.get_session("qq:private:aB")).preset == ""
+    await store.reset("qq:private:aB")
+    assert contents(await store.window("qq:private:Ab", 1000)) == [text, "👍👍👍"]
+
+
+@pytest.mark.asyncio
+async def test_long_replies_and_exact_times_are_kept(store: HistoryStore) -> None:
+    reply = "长" * 40_000  # 120,000 bytes in UTF-8: more than MySQL's TEXT holds
+    await store.append_exchange("s", "q", reply, now=1_700_000_000.123456)
+    assert contents(await store.window("s", 1_000_000)) == ["q", reply]
+    assert (await store.get_session("s")).updated_at == 1_700_000_000.123456  # double precision
+
+
+@pytest.mark.asyncio
+async def test_a_nul_character_never_loses_the_exchange(store: HistoryStore) -> None:
+    await store.append_exchange("s", "a\x00b", "ok")
+    stored = contents(await store.window("s", 1000))
+    # PostgreSQL's text cannot hold U+0000: there it becomes U+FFFD instead of failing the write.
+    nul_free = isinstance(store, SqlHistoryStore) and store.engine.dialect.name == "postgresql"
+    assert stored == ["a\ufffdb" if nul_free else "a\x00b", "ok"]
 
 
 # --- SQLite only ------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The seen-events store: one contract for the database table and the in-memory fallback."""
+"""The seen-events store: one contract for the database table (SQLite, PostgreSQL, MariaDB) and the
+in-memory fallback."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -21,24 +22,53 @@ class Clock:
         return self.now
 
 
+pytest_plugins = ("tests.dbservers",)
+
+# The servers are real ones started by tests/dbservers.py.
+DATABASES = ["sqlite", "postgresql", "mariadb"]
+SERVER_URL_FIXTURES = {"postgresql": "postgres_url", "mariadb": "mariadb_url"}
+
+
+def url_for(request: pytest.FixtureRequest, database: str, tmp_path: Path) -> str:
+    if database in SERVER_URL_FIXTURES:
+        return str(request.getfixturevalue(SERVER_URL_FIXTURES[database]))
+    return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return url_for(request, request.param, tmp_path)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlHistoryStore]:
-    history = await SqlHistoryStore.open(f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}")
+async def store(database_url: str) -> AsyncIterator[SqlHistoryStore]:
+    history = await SqlHistoryStore.open(database_url)
     yield history
     await history.close()
 
 
-@pytest.fixture(params=["sql", "memory"])
-async def make(request: pytest.FixtureRequest, store: SqlHistoryStore) -> Callable[[Clock], Any]:
-    async def build(clock: Clock) -> SeenEvents:
-        if request.param == "memory":
+Build = Callable[[Clock], Awaitable[SeenEvents]]
+
+
+@pytest.fixture(params=[*DATABASES, "memory"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Build]:
+    if request.param == "memory":
+
+        async def in_memory(clock: Clock) -> SeenEvents:
             return MemorySeenEvents(clock)
-        return await SqlSeenEvents.open(store.engine, clock)
 
-    return build
+        yield in_memory
+        return
+    history = await SqlHistoryStore.open(url_for(request, request.param, tmp_path))
+
+    async def in_database(clock: Clock) -> SeenEvents:
+        return await SqlSeenEvents.open(history.engine, clock)
+
+    yield in_database
+    await history.close()
 
 
-async def test_an_event_is_new_once_within_a_day(make: Any) -> None:
+async def test_an_event_is_new_once_within_a_day(make: Build) -> None:
     clock = Clock()
     seen = await make(clock)
     assert await seen.first_time("qqbot|private|U1|M1")
@@ -52,13 +82,13 @@ async def test_an_event_is_new_once_within_a_day(make: Any) -> None:
     await seen.close()
 
 
-async def test_the_database_remembers_across_reopening(store: SqlHistoryStore, tmp_path: Path) -> None:
+async def test_the_database_remembers_across_reopening(store: SqlHistoryStore, database_url: str) -> None:
     clock = Clock()
     first = await SqlSeenEvents.open(store.engine, clock)
     assert await first.first_time("k")
     await first.close()
     await store.close()
-    reopened = await SqlHistoryStore.open(f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}")
+    reopened = await SqlHistoryStore.open(database_url)
     try:
         again = await SqlSeenEvents.open(reopened.engine, clock)
         assert not await again.first_time("k")
@@ -94,3 +124,18 @@ async def test_long_keys_fit_the_column(store: SqlHistoryStore) -> None:
     assert await seen.first_time(long) and not await seen.first_time(long)
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(seen_events))).scalar() == 1
+
+
+async def test_one_event_is_new_once_across_processes(store: SqlHistoryStore, database_url: str) -> None:
+    # Two engines stand for two bot processes sharing the database; each hears the same redelivery.
+    other = await SqlHistoryStore.open(database_url)
+    try:
+        clock = Clock()
+        here = await SqlSeenEvents.open(store.engine, clock)
+        there = await SqlSeenEvents.open(other.engine, clock)
+        keys = [f"qqbot|group|G1|M{n}" for n in range(10)]
+        answers = await asyncio.gather(*(seen.first_time(key) for key in keys for seen in (here, there)))
+        assert sum(answers) == len(keys)  # each key new exactly once
+        assert not any(await asyncio.gather(*(seen.first_time(key) for key in keys for seen in (here, there))))
+    finally:
+        await other.close()

@@ -355,7 +355,7 @@ def test_v2_table_names_are_edited_where_they_are() -> None:
 def test_a_missing_section_is_added_and_urls_with_passwords_are_secrets() -> None:
     document = tomlkit.parse("# mine\n[database]\nurl = 'postgresql+asyncpg://bot:pw@db/bot'\n")
     form = section_form("database", document)
-    [url] = list(form.fields())
+    url = next(f for f in form.fields() if f.key == "database.url")
     assert url.kind == "secret" and url.text == "" and url.is_set
     assert apply_form(form, {url.key: [""]}, document) == 0  # empty keeps it
     form = section_form("satori", document)
@@ -671,3 +671,17 @@ def test_a_single_table_keeps_its_comments_when_it_becomes_an_array() -> None:
     assert tomlkit.dumps(document) == (
         "[[openai.accounts]]\napi_key = 'sk-x'\n\n# before onebot\n\n# before web\n[web]\nport = 1\n"
     )
+
+
+def test_an_optional_yes_no_setting_has_three_states() -> None:
+    document = tomlkit.parse("[database]\nurl = 'sqlite+aiosqlite:///x.db'\n")
+    form = section_form("database", document)
+    shared = next(f for f in form.fields() if f.key == "database.shared")
+    assert shared.kind == "choice" and shared.choices == ("true", "false") and shared.text == ""
+    assert apply_form(form, {shared.key: ["true"]}, document) == 1
+    assert tomlkit.dumps(document).endswith("shared = true\n")
+    form = section_form("database", document)
+    shared = next(f for f in form.fields() if f.key == "database.shared")
+    assert shared.text == "true"
+    assert apply_form(form, {shared.key: [""]}, document) == 1  # back to "not set": the key goes
+    assert "shared" not in tomlkit.dumps(document)

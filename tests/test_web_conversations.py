@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from html import unescape
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -13,8 +14,10 @@ import pytest
 from sqlalchemy import select, update
 
 from storage.base import RESET_ROLE
-from storage.browse import EXPORT_CHUNK, like_pattern, parse_session_key
+from storage.browse import like_pattern, parse_session_key
 from storage.models import messages, sessions
+from storage.store import SqlHistoryStore
+from storage.transfer import HISTORY_FORMAT, PAGE, import_history
 from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, mirai_url
 from tests.console_client import PASSWORD, ConsoleClient, console
 from tests.fakes.mirai_peer import FakeMirai, friend_message
@@ -258,32 +261,44 @@ async def test_reset_stops_a_running_answer_first(console: Any, fake_llm: FakeOp
         await mirai.close()
 
 
-async def test_export_has_every_row_with_iso_times(console: Any) -> None:
+async def test_export_is_the_history_transfer_format(console: Any, tmp_path: Path) -> None:
     client: ConsoleClient = await console()
     store, key = client.app.store, "qq:group:2002:1001"
-    count = EXPORT_CHUNK // 2 + 5  # more rows than one chunk
+    count = PAGE // 2 + 5  # more rows than one page
     await seed(client, key, count)
     assert await store.rollback(key)
     await store.reset(key)
     await store.append_exchange(key, "最后", "回答")
     await store.update_session(key, preset="猫娘")
+    await seed(client, "qq:private:7", 3)  # another session: not in this export
     async with client.http.get(client.base + f"/conversations/export?key={key}") as response:
         assert response.status == 200
-        assert response.headers["Content-Disposition"] == 'attachment; filename="session-qq_group_2002_1001.json"'
-        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.headers["Content-Disposition"] == 'attachment; filename="qq_group_2002_1001.jsonl"'
+        assert response.headers["Content-Type"].startswith("application/x-ndjson")
         body = await response.text()
     no_secret_in(body)
-    exported = json.loads(body)
-    parts = (exported["session_key"], exported["kind"], exported["group_id"], exported["user_id"])
-    assert parts == (key, "member", "2002", "1001")
-    assert exported["preset"] == "猫娘" and exported["cleared_before"] == 2 * count + 1
-    rows = exported["messages"]
+    records = [json.loads(line) for line in body.splitlines()]
+    header, session, *rows = records
+    assert header["kind"] == "header" and header["format"] == HISTORY_FORMAT and header["version"] == 1
+    assert session["kind"] == "session" and session["session_key"] == key
+    assert session["preset"] == "猫娘" and session["cleared_before"] == 2 * count + 1
     assert [row["id"] for row in rows] == [row[0] for row in await stored(client, key)]
-    assert len(rows) == 2 * count + 3
+    assert len(rows) == 2 * count + 3 and {row["kind"] for row in rows} == {"message"}
     assert [row["role"] for row in rows[-5:]] == ["user", "assistant", RESET_ROLE, "user", "assistant"]
-    assert [row["rolled_back"] for row in rows[-5:]] == [True, True, False, False, False]
-    assert rows[-3]["hidden"] is True and rows[-1]["content"] == "回答"
-    assert all(datetime.fromisoformat(row["created_at"]).tzinfo is not None for row in rows)
+    assert [row["hidden"] for row in rows[-5:]] == [True, True, True, False, False]
+    assert rows[-1]["content"] == "回答"
+    assert all(datetime.fromisoformat(row["created_at"]).utcoffset() == timedelta(0) for row in rows)
+    # The same format as --export-history: it imports, and gives the same window elsewhere.
+    path = tmp_path / "session.jsonl"
+    path.write_text(body, encoding="utf-8")
+    elsewhere = await SqlHistoryStore.open(f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.sqlite3'}")
+    try:
+        imported = await import_history(elsewhere.engine, path)
+        assert (imported.sessions, imported.messages) == (1, 2 * count + 3)
+        assert await elsewhere.window(key, 10_000) == await store.window(key, 10_000)
+        assert (await elsewhere.get_session(key)).preset == "猫娘"
+    finally:
+        await elsewhere.close()
 
 
 # --- bad input and access -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "config.example.toml"
 Kind = Literal["bool", "choice", "int", "float", "text", "lines", "ids", "pairs", "secret"]
+BOOL_CHOICES = ("true", "false")  # an optional bool: not set, yes or no
 Loc = tuple[str | int, ...]
 # Values of fields named like these are secrets, as core.config.collect_secrets treats them.
 _SECRET_NAME = re.compile(r"(key|token|secret|password|passwd)$", re.IGNORECASE)
@@ -275,6 +276,8 @@ def _shape(annotation: Any, optional: bool = False) -> _Shape:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         rest = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if rest == [bool]:  # yes / no / not set (the setting's own default): a checkbox has no third state
+            return _Shape("choice", BOOL_CHOICES, True)
         return _shape(rest[0], True) if len(rest) == 1 else _Shape("text", optional=optional)
     if origin is Literal:
         return _Shape("choice", tuple(str(arg) for arg in get_args(annotation)), optional)
@@ -344,7 +347,7 @@ def _as_text(kind: Kind, value: Any) -> str:
     value = _plain(value)
     if value is None:
         return ""
-    if kind == "bool":
+    if kind == "bool" or isinstance(value, bool):
         return "true" if value is True else "false"
     if kind == "ids" and value in (0, "") and not isinstance(value, bool):
         return ""  # v2 wrote `manager_qq = 0` for "nobody"
@@ -446,7 +449,7 @@ def _write(document: tomlkit.TOMLDocument, table: Loc, form_field: FormField, te
 def _toml_value(form_field: FormField, text: str, old: Any) -> Any:
     """The TOML item for what was typed, in the style of the value it replaces."""
     kind = form_field.kind
-    if kind == "bool":
+    if kind == "bool" or (kind == "choice" and form_field.choices == BOOL_CHOICES):
         return text == "true"
     if kind in ("int", "float"):
         return _number(text)

@@ -1,8 +1,7 @@
-"""会话 Conversations: sessions by platform and user/group, a session's history, search, reset and JSON export."""
+"""会话 Conversations: sessions by platform and user/group, a session's history, search, reset and JSONL export."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Awaitable, Mapping
@@ -22,9 +21,10 @@ from storage.browse import (
     SessionSummary,
     StoredMessage,
     check_key,
-    iso_time,
     parse_session_key,
 )
+from storage.errors import DB_ERRORS, short
+from storage.transfer import history_records, jsonl
 
 if TYPE_CHECKING:
     from web.console.app import Console
@@ -153,6 +153,7 @@ class ConversationPages:
         raise web.HTTPSeeOther(target)
 
     async def export(self, request: web.Request) -> web.StreamResponse:
+        """The session in the transfer format of `--export-history` (storage/transfer.py), as a download."""
         key = _key(request.query.get("key", ""))
         browser = self.browser
         summary = await _storage(browser.session(key))
@@ -160,24 +161,21 @@ class ConversationPages:
             raise _not_found()
         response = web.StreamResponse(
             headers={
-                "Content-Type": "application/json; charset=utf-8",
+                "Content-Type": "application/x-ndjson; charset=utf-8",
                 "Content-Disposition": f'attachment; filename="{_file_name(key)}"',
             }
         )
         await response.prepare(request)
-        head = json.dumps(_export_head(key, summary), ensure_ascii=False)
-        await response.write(head[:-1].encode() + b', "messages": [\n')
-        first = True
         try:
-            async for rows in browser.export(key):
-                lines = ",\n".join(json.dumps(row.as_json(), ensure_ascii=False) for row in rows)
-                await response.write((lines if first else ",\n" + lines).encode())
-                first = False
-        except StorageError:
-            # Headers are gone: end the body unfinished, so the file is not valid JSON, never a silent cut.
-            log.warning("console: the export of session {} stopped: the database failed", key)
+            async for records in history_records(self.console.bot.store.engine, "web console", session_key=key):
+                await response.write("".join(jsonl(record) for record in records).encode())
+        except DB_ERRORS as exc:
+            # Headers are gone: drop the connection before the last chunk, so the download fails
+            # visibly instead of ending like a complete file.
+            log.warning("console: the export of session {} stopped: the database failed: {}", key, short(exc))
+            if request.transport is not None:
+                request.transport.close()
             return response
-        await response.write(b"\n]}\n")
         await response.write_eof()
         return response
 
@@ -292,27 +290,5 @@ def _hit_view(hit: StoredMessage) -> dict[str, Any]:
     }
 
 
-def _export_head(key: str, summary: SessionSummary | None) -> dict[str, Any]:
-    parts = parse_session_key(key)
-    head: dict[str, Any] = {
-        "session_key": key,
-        "platform": parts.platform,
-        "kind": parts.kind,
-        "user_id": parts.user_id,
-        "group_id": parts.group_id,
-        "exported_at": iso_time(time.time()),
-    }
-    if summary is not None:
-        head.update(
-            preset=summary.preset,
-            model=summary.model,
-            account=summary.account,
-            reply_mode=summary.reply_mode,
-            cleared_before=summary.cleared_before,
-            updated_at=iso_time(summary.updated_at) if summary.updated_at else None,
-        )
-    return head
-
-
 def _file_name(key: str) -> str:
-    return f"session-{_FILE_NAME_UNSAFE.sub('_', key).strip('_')[:100] or 'x'}.json"
+    return f"{_FILE_NAME_UNSAFE.sub('_', key).strip('_')[:100] or 'session'}.jsonl"

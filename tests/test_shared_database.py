@@ -1,4 +1,5 @@
-"""Several bot processes on one database: an event delivered to two of them is answered once."""
+"""Several bot processes on one database (SQLite file and a real PostgreSQL): an event delivered to two of them
+is answered once; limits, usage and blacklist are shared."""
 
 from __future__ import annotations
 
@@ -7,10 +8,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import conversation.manager as manager_module
 from core.config import DatabaseSettings
 from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, mirai_url, start_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
+
+pytest_plugins = ("tests.dbservers",)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """One database for every bot of a test: a SQLite file marked shared, or a real PostgreSQL."""
+    if request.param == "postgresql":
+        return {"url": request.getfixturevalue("postgres_url")}  # shared by default
+    return {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
 
 
 def test_postgres_and_mysql_are_shared_by_default_sqlite_is_not() -> None:
@@ -23,9 +36,8 @@ def test_postgres_and_mysql_are_shared_by_default_sqlite_is_not() -> None:
 
 
 async def test_an_event_delivered_to_two_processes_is_answered_once(
-    write_config: Callable[..., Path], tmp_path: Path, log_lines: list[str]
+    write_config: Callable[..., Path], database: dict[str, Any], log_lines: list[str]
 ) -> None:
-    database = {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
     apps = [
         await start_bot(
             write_config({"database": database, "mirai": {"reverse_ws_port": free_port()}}, name=f"{n}.toml")
@@ -54,9 +66,8 @@ async def test_an_event_delivered_to_two_processes_is_answered_once(
 
 
 async def test_two_accounts_in_one_group_each_decide_for_themselves(
-    write_config: Callable[..., Path], tmp_path: Path
+    write_config: Callable[..., Path], database: dict[str, Any]
 ) -> None:
-    database = {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
     accounts = (BOT_QQ, BOT_QQ + 1)
     apps = [
         await start_bot(
@@ -81,10 +92,9 @@ async def test_two_accounts_in_one_group_each_decide_for_themselves(
 
 
 async def test_blacklist_and_limits_set_in_one_process_apply_in_the_other(
-    write_config: Callable[..., Path], tmp_path: Path, monkeypatch: Any
+    write_config: Callable[..., Path], database: dict[str, Any], monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(manager_module, "SHARED_REFRESH_SECONDS", 0.1)
-    database = {"url": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}", "shared": True}
     mirai = {"manager_qq": 20099}
     apps = [
         await start_bot(
@@ -112,6 +122,35 @@ async def test_blacklist_and_limits_set_in_one_process_apply_in_the_other(
         await second.push(friend_message(20006, "还能聊吗", 3))
         await eventually(lambda: len(second.commands) == 1)
         assert sent_text(second.commands[0]) == "已达到额度限制，请等待下一小时继续和我对话。"
+    finally:
+        await first.close()
+        await second.close()
+        for app in apps:
+            await app.stop()
+
+
+async def test_usage_is_counted_across_processes(write_config: Callable[..., Path], database: dict[str, Any]) -> None:
+    mirai = {"manager_qq": 20099}
+    apps = [
+        await start_bot(
+            write_config({"database": database, "mirai": {**mirai, "reverse_ws_port": free_port()}}, name=f"{n}.toml")
+        )
+        for n in range(2)
+    ]
+    first, second = (FakeMirai(mirai_url(app), VERIFY_KEY, BOT_QQ) for app in apps)
+    try:
+        await first.connect()
+        await second.connect()
+        await apps[0].admin.set_limit("user", "default", 2)
+        await apps[1].admin.load()
+        await first.push(friend_message(20007, "一", 11))
+        await eventually(lambda: any(sent_text(c) == "echo: 一" for c in first.commands))
+        await second.push(friend_message(20007, "二", 12))
+        await eventually(lambda: any(sent_text(c) == "echo: 二" for c in second.commands))
+        # two messages used, one in each process: the hour's limit of 2 is reached everywhere
+        await first.push(friend_message(20007, "三", 13))
+        await eventually(lambda: any("已达到额度限制" in sent_text(c) for c in first.commands))
+        assert await apps[1].admin.count("user", "20007") == 2
     finally:
         await first.close()
         await second.close()

@@ -12,7 +12,7 @@ import pytest
 
 import conversation.manager as manager_module
 from core.config import DatabaseSettings
-from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, mirai_url, start_bot
+from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, free_port, mirai_url, spawn_bot, start_bot
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
 
 pytest_plugins = ("tests.dbservers",)
@@ -156,3 +156,68 @@ async def test_usage_is_counted_across_processes(write_config: Callable[..., Pat
         await second.close()
         for app in apps:
             await app.stop()
+
+
+async def _drain(stream: asyncio.StreamReader | None) -> None:
+    """Read a child's output as it comes, so a full pipe never blocks it."""
+    while stream is not None and await stream.readline():
+        pass
+
+
+async def test_two_bot_processes_on_one_postgresql(write_config: Callable[..., Path], postgres_url: str) -> None:
+    """Real `python bot.py` processes: a limit set through one applies in the other, usage is counted
+    across both, and a message delivered to both is answered once."""
+    ports = [free_port(), free_port()]
+    configs = [
+        write_config(
+            {
+                "database": {"url": postgres_url},
+                "mirai": {"manager_qq": 20099, "reverse_ws_port": port},
+                "web": {"enable": False},
+            },
+            name=f"process-{n}.toml",
+        )
+        for n, port in enumerate(ports)
+    ]
+    processes = [await spawn_bot(config) for config in configs]
+    drains = [asyncio.ensure_future(_drain(process.stderr)) for process in processes]
+    peers = [FakeMirai(f"ws://127.0.0.1:{port}/", VERIFY_KEY, BOT_QQ) for port in ports]
+    ids = iter(range(100, 1000))
+
+    async def say(peer: FakeMirai, user: int, text: str, message_id: int | None = None) -> str:
+        seen = len(peer.commands)
+        await peer.push(friend_message(user, text, message_id or next(ids)))
+        await eventually(lambda: len(peer.commands) > seen, timeout=15)
+        return sent_text(peer.commands[seen])
+
+    try:
+        for peer in peers:
+            await peer.connect(timeout=30)
+        first, second = peers
+        assert await say(first, 20099, ".设置 好友 默认 额度为 2 条/小时") == "已设置好友 默认 的额度为 2 条/小时。"
+        # the other process reads limits again every few seconds: a probe user runs into it there
+        deadline = asyncio.get_running_loop().time() + 20
+        while "已达到额度限制" not in await say(second, 30000, "探测"):
+            assert asyncio.get_running_loop().time() < deadline, "the limit never applied in the other process"
+            await asyncio.sleep(0.25)  # polling, with the deadline above
+        # one message in each process: the hour's 2 are used up in both
+        assert await say(first, 20007, "一") == "echo: 一"
+        assert await say(second, 20007, "二") == "echo: 二"
+        assert "已达到额度限制" in await say(first, 20007, "三")
+        # the same message delivered to both processes is answered by one of them
+        before = [len(peer.commands) for peer in peers]
+        await asyncio.gather(*(peer.push(friend_message(20008, "两边都收到", 7777)) for peer in peers))
+        await eventually(lambda: sum(len(p.commands) for p in peers) > sum(before), timeout=15)
+        # a later message through each process is answered after that process handled the duplicate
+        assert await say(first, 20009, "之后一") == "echo: 之后一"
+        assert await say(second, 20009, "之后二") == "echo: 之后二"
+        duplicate = [sent_text(c) for p, n in zip(peers, before, strict=True) for c in p.commands[n:]]
+        assert duplicate.count("echo: 两边都收到") == 1
+    finally:
+        for peer in peers:
+            await peer.close()
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+        await asyncio.gather(*(process.wait() for process in processes))
+        await asyncio.gather(*drains)

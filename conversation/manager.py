@@ -271,13 +271,13 @@ class ConversationManager:
         try:
             limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
             if limited:
-                ctx.rate = await self.admin.check(limited)
+                # checked and counted in one step: a burst from one sender cannot slip past the limit
+                ctx.rate = await self.admin.take(limited)
                 if not ctx.rate.allowed:
                     ratelimit = self.settings.ratelimit
                     self._say(event, ctx, ratelimit.draw_exceed if quota == DRAW else ratelimit.exceed, "rate-limited")
                     self.metrics.answer("rate_limited")
                     return False
-                await self.admin.record(None, *limited)
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
             self._say(event, ctx, failure_text(self.settings.response.error_format, "storage"), "storage-failed")

@@ -38,6 +38,7 @@ SCOPES = frozenset({"user", "group", "member"})
 DRAW = "draw_"
 DEFAULT = "default"  # the target whose limit applies to every target of its scope without its own row
 HOUR = 3600.0
+LOCK_WAIT_SECONDS = 10  # MySQL/MariaDB: how long a take waits for another process's take of the same key
 COUNT_BATCH = 100  # keys per window-count statement: two bound parameters each, far below any limit
 
 
@@ -137,6 +138,17 @@ class RateCheck:
     limit: int | None
 
 
+def _verdict(limited: list[tuple[tuple[str, str], int]], counts: list[int]) -> RateCheck:
+    """The first key at or over its limit, else the key with the fewest messages left."""
+    best: RateCheck | None = None
+    for ((scope, target), limit), used in zip(limited, counts, strict=True):
+        if used >= limit:
+            return RateCheck(False, scope, target, used, limit)
+        if best is None or limit - used < cast(int, best.limit) - best.used:
+            best = RateCheck(True, scope, target, used, limit)
+    return cast(RateCheck, best)
+
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -158,6 +170,8 @@ class AdminStore:
         self._blocked: frozenset[tuple[str, str]] = frozenset()
         self._loaded = False
         self._lock = asyncio.Lock()  # orders loads and admin writes so the caches follow commit order
+        # One check-and-record at a time in this process; PostgreSQL advisory locks do it across processes.
+        self._taking = asyncio.Lock()
         self._unfinished: set[asyncio.Future[Any]] = set()  # shielded operations still running
         self._counts: dict[int, Select[Any]] = {}  # window count statement per number of keys
         self._prune = delete(usage).where(usage.c.at < bindparam("before"))
@@ -362,6 +376,51 @@ class AdminStore:
             rows = await conn.execute(statement)
         return [(scope, target, int(n)) for scope, target, n in rows]
 
+    async def take(self, keys: Iterable[tuple[str, str]], now: float | None = None) -> RateCheck:
+        """`check`, and when allowed `record`, as one step: two messages of one sender can never both
+        take the last one of a limit. Atomic within this process; across processes on PostgreSQL too
+        (a transaction-scoped advisory lock per key). Raises StorageError."""
+        checked = [_key(scope, target) for scope, target in keys]
+        await self._ensure_loaded()
+        limited = [(key, limit) for key in checked if (limit := self._limit(key)) is not None]
+        if not limited:
+            scope, target = checked[0] if checked else ("", "")
+            return RateCheck(True, scope, target, 0, None)
+        at = time.time() if now is None else now
+        async with self._taking:
+            return await self._run("checking and counting usage", self._take, limited, at)
+
+    async def _take(self, limited: list[tuple[tuple[str, str], int]], at: float) -> RateCheck:
+        keys = [key for key, _ in limited]
+        params: dict[str, Any] = {"since": at - HOUR}
+        for i, (scope, target) in enumerate(keys):
+            params[f"s{i}"] = scope
+            params[f"t{i}"] = target
+        rows = [{"scope": scope, "target": target, "at": at} for scope, target in keys]
+        dialect = self._engine.dialect.name
+        async with self._engine.connect() as conn:
+            try:
+                async with conn.begin() as transaction:
+                    # One order everywhere, so two processes never wait for each other's second key.
+                    for scope, target in sorted(keys):
+                        name = f"{scope}|{target}"
+                        if dialect == "postgresql":  # released by the transaction's end
+                            await conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+                        elif dialect in ("mysql", "mariadb"):  # held by the connection until released below
+                            await conn.execute(select(func.get_lock(f"qqbot-usage:{name}"[:64], LOCK_WAIT_SECONDS)))
+                    # The rows go in first, then the count: on SQLite the insert takes the database's
+                    # write lock, so another process's take waits for this one and then counts its rows.
+                    await conn.execute(insert(usage), rows)
+                    counted = (await conn.execute(self._count_statement(len(keys)), params)).one()
+                    verdict = _verdict(limited, [int(n) - 1 for n in counted])  # without this message's own row
+                    if not verdict.allowed:
+                        await transaction.rollback()
+            finally:
+                if dialect in ("mysql", "mariadb"):
+                    await conn.execute(select(func.release_all_locks()))
+                    await conn.commit()
+        return verdict
+
     async def check(self, keys: Iterable[tuple[str, str]], now: float | None = None) -> RateCheck:
         """Whether one more message is allowed for all keys, judged by the last hour's usage.
 
@@ -377,13 +436,7 @@ class AdminStore:
             return RateCheck(True, scope, target, 0, None)
         since = (time.time() if now is None else now) - HOUR
         counts = await self._run("checking limits", self._count_keys, [key for key, _ in limited], since)
-        best: RateCheck | None = None
-        for ((scope, target), limit), used in zip(limited, counts, strict=True):
-            if used >= limit:
-                return RateCheck(False, scope, target, used, limit)
-            if best is None or limit - used < cast(int, best.limit) - best.used:
-                best = RateCheck(True, scope, target, used, limit)
-        return cast(RateCheck, best)
+        return _verdict(limited, counts)
 
     async def prune(self, now: float | None = None, keep: float = 2 * HOUR) -> int:
         """Delete usage rows older than `keep` seconds; returns how many went.

@@ -13,6 +13,7 @@ from typing import cast
 import pytest
 import pytest_asyncio
 from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.schema import DropTable
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -402,3 +403,37 @@ async def test_two_processes_setting_one_limit_leave_one_row(admin: AdminStore, 
         await other.close()
     finally:
         await other_history.close()
+
+
+async def test_a_burst_cannot_take_more_than_the_limit(admin: AdminStore, history: SqlHistoryStore) -> None:
+    # Checked and counted in one step: twenty messages at once from one sender, five allowed.
+    await admin.set_limit("user", "default", 5)
+    verdicts = await asyncio.gather(*(admin.take([("user", "42")]) for _ in range(20)))
+    assert sum(v.allowed for v in verdicts) == 5 and await admin.count("user", "42") == 5
+    refused = [v for v in verdicts if not v.allowed]
+    assert all((v.used, v.limit) == (5, 5) for v in refused)
+    # a group member's message counts for the group and the member together, or not at all
+    await admin.set_limit("group", "7", 3)
+    await admin.set_limit("member", member_target("7", "1"), 1)
+    first = await admin.take([("group", "7"), ("member", member_target("7", "1"))])
+    second = await admin.take([("group", "7"), ("member", member_target("7", "1"))])
+    assert first.allowed and not second.allowed and second.scope == "member"
+    assert await admin.count("group", "7") == 1  # the refused message was not counted for the group
+
+
+async def test_two_processes_taking_at_once_stay_within_the_limit(database_url: str, history: SqlHistoryStore) -> None:
+    # Two stores on their own engines, as two bot processes are: SQLite's single writer, PostgreSQL's
+    # advisory locks and MySQL's named locks keep them exact.
+    engines = [create_async_engine(database_url) for _ in range(2)]
+    stores = [AdminStore(engine) for engine in engines]
+    try:
+        await stores[0].set_limit("user", "default", 6)
+        await stores[1].load()
+        verdicts = await asyncio.gather(*(stores[n % 2].take([("user", "99")]) for n in range(24)))
+        assert sum(v.allowed for v in verdicts) == 6
+        assert await stores[0].count("user", "99") == 6
+    finally:
+        for store in stores:
+            await store.close()
+        for engine in engines:
+            await engine.dispose()

@@ -4,6 +4,7 @@ is answered once; limits, usage and blacklist are shared."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,8 @@ async def _drain(stream: asyncio.StreamReader | None) -> None:
 
 
 async def test_two_bot_processes_on_one_postgresql(write_config: Callable[..., Path], postgres_url: str) -> None:
-    """Real `python bot.py` processes: a limit set through one applies in the other, usage is counted
-    across both, and a message delivered to both is answered once."""
+    """Real `python bot.py` processes: a limit and a block set through one apply in the other, usage is
+    counted across both, and a message delivered to both is answered once."""
     ports = [free_port(), free_port()]
     configs = [
         write_config(
@@ -213,6 +214,19 @@ async def test_two_bot_processes_on_one_postgresql(write_config: Callable[..., P
         assert await say(second, 20009, "之后二") == "echo: 之后二"
         duplicate = [sent_text(c) for p, n in zip(peers, before, strict=True) for c in p.commands[n:]]
         assert duplicate.count("echo: 两边都收到") == 1
+        # a user blocked through one process is ignored by the other within a few seconds: each probe is
+        # followed by a marker from someone else, whose answer shows the probe was handled first
+        assert await say(first, 20099, ".拉黑 20005") == "已拉黑 20005。"
+        deadline = asyncio.get_running_loop().time() + 20
+        for attempt in itertools.count():
+            start, marker = len(second.commands), f"echo: 标记{attempt}"
+            await second.push(friend_message(20005, "被拉黑了吗", next(ids)))
+            await second.push(friend_message(21000 + attempt, f"标记{attempt}", next(ids)))  # a fresh user
+            await eventually(lambda: any(sent_text(c) == marker for c in second.commands[start:]))  # noqa: B023
+            if [sent_text(c) for c in second.commands[start:]] == [marker]:
+                break  # the probe got no reply at all: ignored
+            assert asyncio.get_running_loop().time() < deadline, "the block never applied in the other process"
+            await asyncio.sleep(0.25)  # polling, with the deadline above
     finally:
         for peer in peers:
             await peer.close()

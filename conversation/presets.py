@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +13,7 @@ from loguru import logger
 
 from core.config import PresetSettings
 from core.errors import BotError
+from core.files import replace_atomically
 from core.tokens import estimate_tokens
 from llm.base import ChatTurn
 
@@ -455,23 +455,11 @@ def _inside(folder: Path, path: Path) -> Path | None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` as UTF-8 through a temporary file in the same folder, so readers see old or new, never half."""
+    """Write `text` as UTF-8 so readers see the old preset or the new one, never half."""
     data = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").encode("utf-8") + b"\n"
     try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    # Not `.txt`: a temporary file left by a crash is never scanned as a preset.
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
+        replace_atomically(path, data)
     except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
         raise PresetError(f"无法写入预设文件 (cannot write): {exc.strerror or exc}") from exc
 
 

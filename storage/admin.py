@@ -138,6 +138,15 @@ class RateCheck:
     limit: int | None
 
 
+def _count_params(keys: list[tuple[str, str]], since: float) -> dict[str, Any]:
+    """The bind parameters of `_count_statement(len(keys))`."""
+    params: dict[str, Any] = {"since": since}
+    for i, (scope, target) in enumerate(keys):
+        params[f"s{i}"] = scope
+        params[f"t{i}"] = target
+    return params
+
+
 def _verdict(limited: list[tuple[tuple[str, str], int]], counts: list[int]) -> RateCheck:
     """The first key at or over its limit, else the key with the fewest messages left."""
     best: RateCheck | None = None
@@ -224,10 +233,7 @@ class AdminStore:
         return statement
 
     async def _count_keys(self, keys: list[tuple[str, str]], since: float) -> list[int]:
-        params: dict[str, Any] = {"since": since}
-        for i, (scope, target) in enumerate(keys):
-            params[f"s{i}"] = scope
-            params[f"t{i}"] = target
+        params = _count_params(keys, since)
         async with self._engine.connect() as conn:
             row = (await conn.execute(self._count_statement(len(keys)), params)).one()
         return [int(n) for n in row]
@@ -376,26 +382,32 @@ class AdminStore:
             rows = await conn.execute(statement)
         return [(scope, target, int(n)) for scope, target, n in rows]
 
-    async def take(self, keys: Iterable[tuple[str, str]], now: float | None = None) -> RateCheck:
-        """`check`, and when allowed `record`, as one step: two messages of one sender can never both
-        take the last one of a limit. Atomic within this process; across processes on PostgreSQL too
-        (a transaction-scoped advisory lock per key). Raises StorageError."""
+    async def _limited(
+        self, keys: Iterable[tuple[str, str]]
+    ) -> tuple[list[tuple[tuple[str, str], int]], RateCheck | None]:
+        """The keys that have a limit, with it; and the verdict at once when none has (allowed, not counted)."""
         checked = [_key(scope, target) for scope, target in keys]
         await self._ensure_loaded()
         limited = [(key, limit) for key in checked if (limit := self._limit(key)) is not None]
-        if not limited:
-            scope, target = checked[0] if checked else ("", "")
-            return RateCheck(True, scope, target, 0, None)
+        if limited:
+            return limited, None
+        scope, target = checked[0] if checked else ("", "")
+        return [], RateCheck(True, scope, target, 0, None)
+
+    async def take(self, keys: Iterable[tuple[str, str]], now: float | None = None) -> RateCheck:
+        """`check`, and when allowed `record`, as one step: two messages of one sender can never both
+        take the last one of a limit. Atomic within this process, and across processes: SQLite's write
+        lock, PostgreSQL's advisory locks, MySQL's named locks. Raises StorageError."""
+        limited, unlimited = await self._limited(keys)
+        if unlimited is not None:
+            return unlimited
         at = time.time() if now is None else now
         async with self._taking:
             return await self._run("checking and counting usage", self._take, limited, at)
 
     async def _take(self, limited: list[tuple[tuple[str, str], int]], at: float) -> RateCheck:
         keys = [key for key, _ in limited]
-        params: dict[str, Any] = {"since": at - HOUR}
-        for i, (scope, target) in enumerate(keys):
-            params[f"s{i}"] = scope
-            params[f"t{i}"] = target
+        params = _count_params(keys, at - HOUR)
         rows = [{"scope": scope, "target": target, "at": at} for scope, target in keys]
         dialect = self._engine.dialect.name
         async with self._engine.connect() as conn:
@@ -428,12 +440,9 @@ class AdminStore:
         fewest messages left. Keys without a limit are not counted; if no key has one, the result
         is allowed with limit None and the first key (or empty strings when there is none).
         """
-        checked = [_key(scope, target) for scope, target in keys]
-        await self._ensure_loaded()
-        limited = [(key, limit) for key in checked if (limit := self._limit(key)) is not None]
-        if not limited:
-            scope, target = checked[0] if checked else ("", "")
-            return RateCheck(True, scope, target, 0, None)
+        limited, unlimited = await self._limited(keys)
+        if unlimited is not None:
+            return unlimited
         since = (time.time() if now is None else now) - HOUR
         counts = await self._run("checking limits", self._count_keys, [key for key, _ in limited], since)
         return _verdict(limited, counts)

@@ -410,7 +410,7 @@ def test_a_file_mounted_on_its_own_is_written_in_place(tmp_path: Path, monkeypat
     def busy(source: str, target: Path) -> None:
         raise OSError(errno.EBUSY, "Device or resource busy")
 
-    monkeypatch.setattr("web.console.pages.config.os.replace", busy)
+    monkeypatch.setattr("core.files.os.replace", busy)
     write_config(path, "v = 1\n", 1_700_000_000.0)
     assert path.read_text() == "v = 1\n" and [p.read_text() for p in backups(path)] == ["v = 0\n"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, "data"]  # no temporary file left
@@ -426,7 +426,7 @@ def test_a_config_in_a_folder_the_bot_cannot_write_is_written_in_place(
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("web.console.pages.config.tempfile.mkstemp", denied)
+    monkeypatch.setattr("core.files.tempfile.mkstemp", denied)
     write_config(path, "v = 1\n", 1_700_000_000.0)
     assert path.read_text() == "v = 1\n" and [p.read_text() for p in backups(path)] == ["v = 0\n"]
 
@@ -440,7 +440,7 @@ async def test_a_read_only_file_is_reported_and_left_alone(
     def read_only(source: str, target: Path) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("web.console.pages.config.os.replace", read_only)
+    monkeypatch.setattr("core.files.os.replace", read_only)
     _, page = await commented.get("/config/response")
     status, page = await commented.post("/config/response", form_of(page, response__reset="x"))
     assert status == 409 and "只读" in page and ":ro" in page

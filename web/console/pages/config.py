@@ -8,7 +8,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from loguru import logger
 
 from core.config import MAX_CONFIG_BYTES, decode_text, loads_config, read_capped
 from core.errors import ConfigError
+from core.files import replace_atomically
 from web.console.config_form import (
     EntryArray,
     SectionForm,
@@ -94,7 +94,7 @@ def write_config(path: Path, text: str, now: float) -> Path:
     backup = folder / f"{path.name}.{stamp}.bak"
     shutil.copy2(path, backup)
     try:
-        _replace_atomically(path, text)
+        replace_atomically(path, text.encode("utf-8"))
     except OSError as exc:
         # A file bind-mounted on its own (Docker) cannot be replaced, and its folder may not be
         # writable: then the file itself is rewritten.
@@ -103,19 +103,6 @@ def write_config(path: Path, text: str, now: float) -> Path:
         _write_in_place(path, text)
     _prune_backups(folder, path.name)
     return backup
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        shutil.copymode(path, temporary)  # the file holds secrets: keep its permissions
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def _write_in_place(path: Path, text: str) -> None:

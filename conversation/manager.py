@@ -86,8 +86,9 @@ class ConversationManager:
         self.images = images or ImageFetcher()
         self._reload = reload or self._no_reload
         self._adapters: dict[str, Adapter] = {}
-        # Another process on the same database may change a session's preset or model: re-read after a while.
-        self.sessions = SessionSettings(store, ttl=SESSION_SETTINGS_TTL)
+        # Another process on the same database may change a session's preset or model: re-read after a
+        # while. A database of one process never changes behind its back: no reads on the message path.
+        self.sessions = SessionSettings(store, ttl=SESSION_SETTINGS_TTL if settings.database.is_shared else None)
         self.started_at = time.time()
         self._today = (datetime.date.today(), 0)  # (date, messages answered that day)
         self._sessions: dict[str, _Session] = {}  # only sessions with queued or running chat work

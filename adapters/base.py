@@ -95,6 +95,9 @@ class Adapter(ABC):
     durable_dedupe: ClassVar[bool] = False  # events can be replayed: remember their ids in the database
     counts_for_health: ClassVar[bool] = True  # a QQ link (the console's chat page is not)
     wants_drafts: ClassVar[bool] = False  # shows a streamed answer live (`draft`) before its messages
+    # The audio format a `Voice(base64=…)` reply must be in: "silk" for QQ, "mp3" for the v2 HTTP API's clients,
+    # "" when the platform cannot send voice at all (the answer then goes out as text).
+    voice_format: ClassVar[str] = "silk"
 
     def __init__(self, instance: str, settings: Any, sink: EventSink) -> None:
         self.instance = instance

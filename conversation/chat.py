@@ -15,6 +15,7 @@ from conversation.presets import PresetBook
 from conversation.replier import Outbox, Replier
 from conversation.sessions import SessionSettings
 from conversation.streaming import ParagraphStream
+from conversation.voice import SPOKEN_MARK, Speech, speech_for
 from core.config import Settings
 from core.errors import LLMError, StorageError
 from core.event import MessageEvent
@@ -59,7 +60,7 @@ class ChatFlow:
 
     def user_text(self, job: Job) -> str:
         """What is stored and sent as the user's turn: the prompt, with quoted text as context."""
-        text = job.prompt
+        text = SPOKEN_MARK + job.prompt if job.spoken else job.prompt
         quote = next((seg for seg in job.event.message if isinstance(seg, Quote)), None)
         if quote is not None and quote.origin:
             quoted = describe(quote.origin).strip()[:QUOTE_CONTEXT_CHARS]
@@ -116,6 +117,7 @@ class ChatFlow:
                 return False
             return True
 
+        speech = speech_for(self.settings, state, self.replier.default_voice)
         for attempt in (1, 2):
             history = await self.store.window(job.session_key, max(0, budget))
             turns = [
@@ -135,6 +137,7 @@ class ChatFlow:
                 state.reply_mode or self.settings.response.mode,
                 limit,
                 0 if images else estimated,
+                speech,
             )
             if failure != "context_length":
                 return failure or OK
@@ -156,6 +159,7 @@ class ChatFlow:
         mode: str,
         reply_limit: int | None = None,
         estimated: int = 0,
+        speech: Speech | None = None,
     ) -> str | None:
         """Stream the answer out in parts and `save` it; the failure kind (after telling the user) or None.
 
@@ -165,14 +169,15 @@ class ChatFlow:
         smaller window first. An answer longer than `max_reply_chars` is cut there, its model call
         stopped. When a stream breaks after parts reached the user, those parts are saved, marked.
         `estimated` (the prompt's estimated tokens; 0 to skip) calibrates against reported usage.
+        With `speech` the answer is also (or, `only`, instead) spoken.
         """
         response = self.settings.response
         stream = ParagraphStream(
             self.replier.text_limit(job.event), min_chars=1, strip_think=not response.show_reasoning
         )
-        # Parts go out early only as text; a picture or a forward message needs the whole answer.
-        early = response.buffer_delay if mode == "text" else float("inf")
-        outbox = self.replier.outbox(job.event, self.words, self.refusing, early, mode)
+        # Parts go out early only as text; a picture, a forward message or a voice needs the whole answer.
+        early = response.buffer_delay if mode == "text" and not (speech and speech.only) else float("inf")
+        outbox = self.replier.outbox(job.event, self.words, self.refusing, early, mode, speech)
         cap = response.max_reply_chars
         fed = 0  # characters received, reasoning included: a cheap upper bound of the visible text
         capped = False

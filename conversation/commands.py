@@ -12,12 +12,14 @@ from loguru import logger
 from conversation.job import Handler, Job, failure_text
 from conversation.presets import PresetBook
 from conversation.sessions import SessionSettings
+from conversation.voice import OFF_WORDS, VOICE_OFF, speech_for
 from core.config import Settings, load_config
 from core.errors import ConfigError, LLMError
 from core.message import Image, Message
 from llm.base import ChatModel
 from storage.admin import DRAW
 from storage.base import HistoryStore
+from voice.service import VoiceService
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class SessionCommands:
         model: ChatModel,
         presets: PresetBook,
         stop_session: StopSession = _nothing_to_stop,
+        voice: VoiceService | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -92,6 +95,7 @@ class SessionCommands:
         self.model = model
         self.presets = presets
         self.stop_session = stop_session
+        self.voice = voice
         # Whether `画` can work: only accounts with `image_model` draw (refreshed by the reload command).
         self.can_draw = any(account.image_model for account in settings.openai.accounts)
 
@@ -112,6 +116,7 @@ class SessionCommands:
         table.add_words(["预设列表", "/presets"], self.preset_list)
         table.add_pattern(trigger.switch_model, self.switch_model)
         table.add_pattern(trigger.switch_command, self.switch_account)
+        table.add_pattern(trigger.switch_voice, self.switch_voice)
         words = [re.escape(word.strip()) for word in trigger.prefix_image if word.strip()]
         if words:
             table.add_pattern(rf"(?:{'|'.join(words)})\s*(\S.*)", self.draw, quota=DRAW)
@@ -218,8 +223,10 @@ class SessionCommands:
         modes = [words[0] for words in self.mode_words().values() if words]
         if modes:
             lines.append("、".join(modes) + "：切换回复的形式（图文混合、图片或文字）")
+        if self.speaks:
+            lines.append("切换语音 <语音>：用这个语音回答；切换语音 关闭：不再用语音回答")
         if trigger.ping_command:
-            lines.append(f"{trigger.ping_command[0]}：查看当前账号、模型和预设")
+            lines.append(f"{trigger.ping_command[0]}：查看当前账号、模型、预设和语音")
         if trigger.prefix_image and self.can_draw:
             lines.append(f"{trigger.prefix_image[0]} <描述>：画一张图")
         if job.admin:
@@ -240,7 +247,36 @@ class SessionCommands:
         model = state.model or self.model.default_model(state.account) or "各账号的默认模型"
         preset = state.preset or "default"
         mode = MODE_NAMES.get(state.reply_mode or self.settings.response.mode, "文字")
-        return _fill(self.settings.response.ping_response, account=account, model=model, preset=preset, mode=mode)
+        response = self.settings.response
+        text = _fill(response.ping_response, account=account, model=model, preset=preset, mode=mode)
+        if self.voice is None or not self.speaks:
+            return _fill(text, voice="无", supported_tts="无")
+        speech = speech_for(self.settings, state, self.voice.default_voice)
+        voice = "无" if speech is None else self.voice.shown(speech.voice)  # v2 said 无
+        voices = "、".join(self.voice.shown(name) for name in self.voice.offered())
+        if "{supported_tts}" not in text:
+            text += response.ping_tts_response
+        return _fill(text, voice=voice, supported_tts=voices)
+
+    @property
+    def speaks(self) -> bool:
+        """Whether answers can be spoken (`[voice] tts_engine`)."""
+        return self.voice is not None and self.voice.tts_enabled
+
+    async def switch_voice(self, job: Job, name: str) -> str:
+        """v2's 切换语音: this session's answers in voice `name` (kept across restarts), or no voice (关闭)."""
+        response = self.settings.response
+        if name.strip().lower() in OFF_WORDS:
+            await self.sessions.update(job.session_key, voice=VOICE_OFF)
+            return response.voice_off
+        if self.voice is None or not self.speaks:
+            return response.voice_unavailable
+        voice = self.voice.resolve(name.strip())
+        if voice is None:
+            voices = "、".join(self.voice.shown(found) for found in self.voice.offered())
+            return _fill(response.voice_not_found, voice=name, voices=voices)
+        await self.sessions.update(job.session_key, voice=voice)
+        return _fill(response.voice_switched, voice=self.voice.shown(voice))
 
     def allowed_models(self) -> list[str]:
         """What non-admins may switch to: `allowed_models`, else every model an account names."""

@@ -52,6 +52,7 @@ class Job:
     argument: str = ""
     rate: RateCheck | None = None  # the rate limit check that let it in, when a limit applies
     quota: str = ""  # the limits it counted against: "" messages, storage.admin.DRAW pictures
+    spoken: bool = False  # the prompt is a voice message's transcript
 
 
 # A command: (job, argument) -> the reply, as text or as a message (a drawn picture).

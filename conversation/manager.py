@@ -25,9 +25,11 @@ from conversation.presets import PresetBook
 from conversation.replier import Replier
 from conversation.sessions import SessionSettings
 from conversation.triggers import TriggerRules
+from conversation.voice import as_text, spoken, worth_transcribing
 from core.config import Settings
 from core.errors import StorageError
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent
+from core.message import Voice
 from core.metrics import Metrics
 from core.tasks import TaskSet
 from llm.base import ChatModel
@@ -35,6 +37,8 @@ from llm.images import ImageFetcher
 from storage.admin import DRAW, AdminStore, member_target
 from storage.base import HistoryStore
 from storage.seen import MemorySeenEvents, SeenEvents, seen_key
+from voice.errors import VoiceError
+from voice.service import VoiceService
 
 DEDUPE_SIZE = 4096
 STOP_WAIT_SECONDS = 5.0  # how long stop/reset waits for a cancelled answer to unwind
@@ -84,6 +88,7 @@ class ConversationManager:
         self.presets = presets
         self.admin = admin
         self.images = images or ImageFetcher()
+        self.voice = VoiceService(settings, self.images)
         self._reload = reload or self._no_reload
         self._adapters: dict[str, Adapter] = {}
         # Another process on the same database may change a session's preset or model: re-read after a
@@ -99,10 +104,11 @@ class ConversationManager:
         self.tasks = TaskSet("conversation")
         self._refresher: asyncio.Task[None] | None = None
         self.log = logger.bind(adapter="chat")
-        self.replier = Replier(settings, self._adapters, self.metrics)
+        self.replier = Replier(settings, self._adapters, self.metrics, self.voice)
         # The order DESIGN.md gives; each step may end the message's way (a reply, or silence).
         self.steps: list[Step] = [
             self._dedupe,
+            self._listen,
             self._trigger,
             self._access,
             self._command,
@@ -126,9 +132,10 @@ class ConversationManager:
         self.triggers = TriggerRules(settings.trigger)
         self.words = WordFilter(settings.moderation)
         self.commands = CommandTable()
-        SessionCommands(settings, self.store, self.sessions, self.model, self.presets, self.stop_session).register(
-            self.commands
-        )
+        self.voice.apply(settings)
+        SessionCommands(
+            settings, self.store, self.sessions, self.model, self.presets, self.stop_session, self.voice
+        ).register(self.commands)
         AdminCommands(self.admin, self.presets, self._reload, self.status).register(self.commands)
         self.chat = ChatFlow(
             settings,
@@ -213,6 +220,36 @@ class ConversationManager:
             return
         await next(event, ctx)
 
+    async def _listen(self, event: MessageEvent, ctx: Context, next: Next) -> None:
+        """A voice message goes on as what was said (`[voice] stt_model`). Transcribing waits on a
+        server, so it runs in its own task: the adapter's next message is not held up."""
+        voice = spoken(event)
+        if voice is None or not self.voice.stt_enabled or not worth_transcribing(self.settings, event):
+            await next(event, ctx)
+            return
+        if self.admin.is_blocked(event.user_id, event.group_id if event.is_group else ""):
+            return  # a blocked sender costs no transcription
+        ctx.handed_off = True
+        self.tasks.spawn(self._transcribed(event, voice, ctx, next), name="transcribe")
+
+    async def _transcribed(self, event: MessageEvent, voice: Voice, ctx: Context, next: Next) -> None:
+        ctx.handed_off = False
+        try:
+            try:
+                transcript = await self.voice.transcribe(voice)
+            except VoiceError as exc:
+                self.log.warning("the voice message {} was not understood: {}", event.message_id or "-", exc)
+                if not event.is_group or event.to_me:
+                    ctx.handed_off = True
+                    await self._say_and_finish(event, self.settings.response.voice_not_understood)
+                return
+            self.log.debug("voice message {} said {!r}", event.message_id or "-", transcript)
+            ctx.spoken = True
+            await next(as_text(event, transcript), ctx)
+        finally:
+            if not ctx.handed_off:
+                self._answered(event)
+
     async def _trigger(self, event: MessageEvent, ctx: Context, next: Next) -> None:
         """Only messages meant for the bot (prefix, mention, private chat rules) go on, as their prompt."""
         prompt = self.triggers.prompt_of(event, ctx.adapter.nickname if ctx.adapter is not None else "")
@@ -250,7 +287,9 @@ class ConversationManager:
             return
         if command.quota and not await self._within_limit(event, ctx, command.quota):
             return
-        job = Job(event, ctx.prompt, key, ctx.admin, command.handler, command.argument, ctx.rate, command.quota)
+        job = Job(
+            event, ctx.prompt, key, ctx.admin, command.handler, command.argument, ctx.rate, command.quota, ctx.spoken
+        )
         ctx.handed_off = True
         task = self.tasks.spawn(self._answer_command(job), name="command")
         running.add(task)
@@ -317,7 +356,7 @@ class ConversationManager:
             self.metrics.answer("queue_full")
             return
         # A chat message sent after "切换模型 …" or a reset is answered with that change made.
-        job = Job(event, ctx.prompt, key, ctx.admin, rate=ctx.rate)
+        job = Job(event, ctx.prompt, key, ctx.admin, rate=ctx.rate, spoken=ctx.spoken)
         ctx.handed_off = True
         session.waiting.append((job, tuple(self._commands.get(key, ()))))
         if session.worker is None:
@@ -466,7 +505,7 @@ class ConversationManager:
             f"平台连接：{links or '无'}\n"
             f"排队：{queues['waiting']} 条（{queues['sessions']} 个会话，{queues['answering']} 个正在回答）\n"
             f"今日回答：{today} 条"
-        )
+        ) + ("\n" + self.voice.summary() if self.voice.stt_enabled or self.voice.tts_enabled else "")
 
     @staticmethod
     async def _no_reload() -> str:
@@ -494,4 +533,5 @@ class ConversationManager:
         await self.tasks.close(timeout)
         self._sessions.clear()
         self._commands.clear()
+        await self.voice.close()
         await self.images.close()

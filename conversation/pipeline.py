@@ -26,6 +26,7 @@ class Context:
     command: Command | None = None
     session_key: str = ""
     rate: RateCheck | None = None  # the rate limit check, when a limit applies
+    spoken: bool = False  # the message was a voice, and `prompt` what it said
     handed_off: bool = False  # work that will answer the message was started (it says when it is done)
 
 

@@ -12,11 +12,15 @@ from loguru import logger
 from adapters.base import Adapter
 from conversation.moderation import WordFilter
 from conversation.render import split_text
+from conversation.voice import Speech
 from core.config import Settings
 from core.errors import BotError, MessageSwallowedError
 from core.event import ChatType, MessageEvent, NoticeEvent, RequestEvent, Target
 from core.message import Forward, ForwardNode, Image, Message, Text, describe
 from core.metrics import Metrics
+from voice.errors import VoiceError
+from voice.service import VoiceService
+from voice.text import split_spoken
 
 if TYPE_CHECKING:
     from conversation.render_image import MarkdownRenderer
@@ -32,10 +36,17 @@ class Replier:
     adapters added later are seen.
     """
 
-    def __init__(self, settings: Settings, adapters: dict[str, Adapter], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        adapters: dict[str, Adapter],
+        metrics: Metrics | None = None,
+        voice: VoiceService | None = None,
+    ) -> None:
         self.adapters = adapters
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.voice = voice
         self._renderer: MarkdownRenderer | None = None
         self._render_lock = asyncio.Lock()  # one renderer, used by one thread at a time
         self.log = logger.bind(adapter="chat")
@@ -61,9 +72,42 @@ class Replier:
         if adapter is not None:
             await adapter.draft(event, text)
 
-    def outbox(self, event: MessageEvent, words: WordFilter, refusing: bool, delay: float, mode: str) -> Outbox:
-        """A buffer for the parts of one streamed answer to `event`, delivered in reply `mode`."""
-        return Outbox(self, event, words, refusing, delay, mode)
+    def outbox(
+        self, event: MessageEvent, words: WordFilter, refusing: bool, delay: float, mode: str, speech: Speech | None
+    ) -> Outbox:
+        """A buffer for the parts of one streamed answer to `event`, delivered in reply `mode` (and spoken)."""
+        return Outbox(self, event, words, refusing, delay, mode, speech)
+
+    @property
+    def default_voice(self) -> str:
+        """The voice of sessions that did not choose one ("" without text to speech)."""
+        return self.voice.default_voice if self.voice is not None and self.voice.tts_enabled else ""
+
+    async def speak(self, event: MessageEvent, text: str, voice: str, quote: bool) -> bool:
+        """`text` as a voice message in `voice` where `event` came from; False (said in one log line)
+        when it could not be: the platform has no voice messages, synthesis failed, or sending did."""
+        adapter = self.adapters.get(event.adapter)
+        if adapter is None or self.voice is None or not text.strip():
+            return False
+        target = event.target
+        if not adapter.voice_format:
+            self.log.info(
+                "{} cannot send voice messages; the answer to {} is text only", adapter.protocol, target.describe()
+            )
+            return False
+        try:
+            message = (await self.voice.speak(text, voice, adapter.voice_format),)
+        except VoiceError as exc:
+            self.log.warning("the answer to {} could not be spoken ({}); it is text only", target.describe(), exc)
+            return False
+        quoted = event.message_id if quote and event.is_group and self.settings.response.quote else None
+        try:
+            await adapter.send(target, message, quote=quoted)
+        except BotError as exc:
+            self.log.warning("the voice answer to {} could not be sent ({}); it is text only", target.describe(), exc)
+            return False
+        self.metrics.message_out(adapter.instance)
+        return True
 
     async def send(self, event: MessageEvent, content: str | Message, quote: bool = True) -> None:
         """Send text (split to the platform's size) or a message where `event` came from.
@@ -184,10 +228,18 @@ class Outbox:
     """
 
     def __init__(
-        self, replier: Replier, event: MessageEvent, words: WordFilter, refusing: bool, delay: float, mode: str
+        self,
+        replier: Replier,
+        event: MessageEvent,
+        words: WordFilter,
+        refusing: bool,
+        delay: float,
+        mode: str,
+        speech: Speech | None = None,
     ) -> None:
         self.replier = replier
         self.mode = mode
+        self.speech = speech
         self.event = event
         self.words = words
         self.refusing = refusing
@@ -211,18 +263,38 @@ class Outbox:
         self._pending_parts = len(self.pending)
         if note:
             self.pending.append(note)
-        if not self.pending or not (final or time.monotonic() - self.started >= self.delay):
+        if not final and (not self.pending or time.monotonic() - self.started < self.delay):
             return
-        self.delivered += self.pending[: self._pending_parts]
-        self._pending_parts = 0
+        answer, notes = self.pending[: self._pending_parts], self.pending[self._pending_parts :]
+        self.delivered += answer
+        self.pending, self._pending_parts = [], 0
+        if not final or self.speech is None:
+            await self._send_text(answer + notes, final)
+            return
+        # The whole answer is known: spoken up to the cap, instead of the text or after it.
+        spoken, rest = split_spoken("\n\n".join(self.delivered), self.replier.settings.voice.tts_max_chars)
+        if self.speech.only and not self.sent:
+            if await self.replier.speak(self.event, spoken, self.speech.voice, True):
+                # what was not spoken follows as text, in the session's reply form
+                await self._send_text([part for part in (rest, *notes) if part], final, quote=False)
+                self.sent = max(self.sent, 1)
+                return
+            await self._send_text(answer + notes, final)  # as text, the voice having failed (said in the log)
+            return
+        await self._send_text(answer + notes, final)
+        await self.replier.speak(self.event, spoken, self.speech.voice, False)
+
+    async def _send_text(self, parts: list[str], final: bool, quote: bool = True) -> None:
+        """Parts as text: the whole answer in its reply form when nothing went out yet, else packed messages."""
+        if not parts:
+            return
         if final and not self.sent:
-            await self.replier.deliver(self.event, self.pending, True, self.mode)
-            self.sent, self.pending = 1, []
+            await self.replier.deliver(self.event, parts, quote, self.mode)
+            self.sent = 1
             return
-        for message in pack(self.pending, self.replier.text_limit(self.event)):
-            await self.replier.send(self.event, (Text(message),), self.sent == 0)
+        for message in pack(parts, self.replier.text_limit(self.event)):
+            await self.replier.send(self.event, (Text(message),), quote and self.sent == 0)
             self.sent += 1
-        self.pending.clear()
         self.started = time.monotonic()
 
 

@@ -154,6 +154,7 @@ class TriggerSettings(Section):
     prefix_image: list[str] = Field(default_factory=lambda: ["画"])
     switch_model: str = r"切换模型 (.+)"
     switch_command: str = r"切换AI (.+)"
+    switch_voice: str = r"切换语音 (.+)"  # v2's: a voice name, or 关闭 / None to stop speaking
     ping_command: list[str] = Field(default_factory=lambda: ["ping"])
     reload_command: list[str] = Field(default_factory=lambda: ["重载配置"])
     help_command: list[str] = Field(default_factory=lambda: ["帮助"])
@@ -172,7 +173,7 @@ class TriggerSettings(Section):
             _compiles(pattern)
         return value
 
-    @field_validator("switch_model", "switch_command")
+    @field_validator("switch_model", "switch_command", "switch_voice")
     @classmethod
     def _pattern_compiles(cls, value: str) -> str:
         _compiles(value)
@@ -208,7 +209,8 @@ class ResponseSettings(Section):
     )
     buffer_delay: float = Field(15.0, ge=0)
     show_reasoning: bool = False
-    ping_response: str = "当前账号：{account}\n当前模型：{model}\n当前预设：{preset}"
+    ping_response: str = "当前账号：{account}\n当前模型：{model}\n当前预设：{preset}\n当前语音：{voice}"
+    ping_tts_response: str = "\n可用语音：{supported_tts}"  # v2's: added when answers can be spoken
     model_switched: str = "已切换到模型 {model}。"
     model_not_allowed: str = "不能切换到模型 {model}。可以使用的模型：{models}"
     account_switched: str = "已切换到 {account}（模型 {model}）。"
@@ -243,6 +245,14 @@ class ResponseSettings(Section):
         return value
 
     reloaded: str = "已重新加载模型账号设置（{count} 个账号）。其他设置重启后生效。"
+    # Answers by voice ([voice] tts_engine): "off" only sessions that chose a voice (切换语音) hear
+    # one, with the text; "voice" every session speaks, text only past tts_max_chars; "both" text and voice.
+    voice_mode: Literal["off", "voice", "both"] = "off"
+    voice_switched: str = "已切换至 {voice} 语音，让我们继续聊天吧！"
+    voice_off: str = "已关闭语音，让我们继续聊天吧！"
+    voice_not_found: str = "提供的语音ID无效，请输入一个有效的语音ID。如：{voices}。"
+    voice_unavailable: str = "没有配置语音合成（[voice] tts_engine），无法切换语音。"
+    voice_not_understood: str = "抱歉，我没听清这条语音，请再说一遍或者打字告诉我。"
 
 
 class PresetSettings(Section):
@@ -330,6 +340,37 @@ class ModerationSettings(Section):
         return [*self.words, *(self._file_words or ())]
 
 
+class VoiceSettings(Section):
+    """`[voice]`: voice messages transcribed (stt_*), answers spoken (tts_*); both off unless set."""
+
+    # speech to text: an OpenAI-compatible /audio/transcriptions endpoint; off while stt_model is ""
+    stt_model: str = ""  # whisper-1, FunAudioLLM/SenseVoiceSmall (SiliconFlow), a local faster-whisper model
+    stt_account: str = ""  # the [[openai.accounts]] name whose key, endpoint and proxy are used ("" the first)
+    stt_api_endpoint: str = ""  # its own endpoint instead of the account's
+    stt_api_key: SecretStr = SecretStr("")  # its own key instead of the account's
+    stt_language: str = ""  # e.g. "zh"; "" lets the model tell
+    stt_timeout: float = Field(30.0, gt=0)
+    # text to speech: "" off, "openai" (/audio/speech), "edge" (Edge TTS, free), "espeak" (espeak-ng, offline)
+    tts_engine: Literal["", "openai", "edge", "espeak"] = ""
+    tts_voice: str = ""  # the default voice ("" the engine's own default)
+    tts_voices: list[str] = Field(default_factory=list)  # voices 切换语音 offers ([] the engine's list)
+    tts_model: str = "tts-1"  # for "openai": tts-1, gpt-4o-mini-tts, FunAudioLLM/CosyVoice2-0.5B, ...
+    tts_account: str = ""
+    tts_api_endpoint: str = ""
+    tts_api_key: SecretStr = SecretStr("")
+    tts_speed: float = Field(1.0, ge=0.25, le=4.0)
+    tts_max_chars: int = Field(300, ge=1, le=5000)  # spoken at most; the rest of a long answer is text
+    tts_timeout: float = Field(30.0, gt=0)
+
+    @property
+    def stt_enabled(self) -> bool:
+        return bool(self.stt_model)
+
+    @property
+    def tts_enabled(self) -> bool:
+        return bool(self.tts_engine)
+
+
 class LogSettings(Section):
     """`[log]`."""
 
@@ -380,6 +421,7 @@ class Settings(Section):
     system: SystemSettings = Field(default_factory=SystemSettings)
     ratelimit: RatelimitSettings = Field(default_factory=RatelimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    voice: VoiceSettings = Field(default_factory=VoiceSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     path: Path = Path("config.toml")
@@ -471,7 +513,7 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
     """Validate an already parsed document; `text` is used to find line numbers. Raises ConfigError."""
     lines = LineIndex(text)
     doc, arrays = _normalise(doc)
-    unsupported = _drop_v2_unsupported(doc, lines)
+    unsupported = _drop_v2_unsupported(doc, lines) + _v2_text_to_speech(doc, lines)
     v2_notes = _skip_web_login(doc, lines) + _v2_default_notes(doc)
     sections: dict[str, list[Any]] = {}
     for name, model in _PLATFORMS.items():
@@ -496,6 +538,7 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
         if not account.api_endpoint:
             account.api_endpoint = settings.openai.api_endpoint or DEFAULT_ENDPOINT
     _check_files(settings, lines)
+    _check_voice_accounts(settings, lines)
     _v2_placeholders(settings)
     unknown = _unknown_keys(settings, (), arrays)
     for name, found in sections.items():
@@ -518,6 +561,7 @@ def validate(doc: dict[str, Any], text: str = "", path: Path = Path("config.toml
 _OPENAI_COMPATIBLE = (
     "请改用 [[openai.accounts]] 中任意 OpenAI 兼容接口 (use any OpenAI-compatible endpoint in [[openai.accounts]])"
 )
+_USE_EDGE = '请改用 [voice] tts_engine = "edge" 等 (use [voice] tts_engine)'
 V2_UNSUPPORTED_SECTIONS: dict[str, tuple[str, str]] = {
     "bing": ("New Bing", _OPENAI_COMPATIBLE),
     "bard": ("Google Bard", _OPENAI_COMPATIBLE),
@@ -527,9 +571,8 @@ V2_UNSUPPORTED_SECTIONS: dict[str, tuple[str, str]] = {
     "xinghuo": ("讯飞星火 Spark", _OPENAI_COMPATIBLE),
     "poe": ("Poe", _OPENAI_COMPATIBLE),
     "slack": ("Claude in Slack", _OPENAI_COMPATIBLE),
-    "azure": ("Azure TTS 语音合成", ""),
-    "text_to_speech": ("文字转语音 text to speech", ""),
-    "vits": ("VITS 语音合成", ""),
+    "azure": ("Azure TTS 语音合成", _USE_EDGE),
+    "vits": ("VITS 语音合成", _USE_EDGE),
     "text_to_image": ("文字转图片 text to image", '请改用 [response] mode = "image" 或 "mixed" (use [response] mode)'),
     "baiducloud": ("百度云内容审核 Baidu moderation", "请改用 [moderation] 屏蔽词 (use [moderation] words)"),
     "sdwebui": (
@@ -549,7 +592,7 @@ V2_UNSUPPORTED_KEYS: dict[tuple[str, ...], dict[str, str]] = {
         "compressed_session": "请改用 [conversation] max_history_tokens (use [conversation] max_history_tokens)",
         "compressed_tokens": "请改用 [conversation] max_history_tokens (use [conversation] max_history_tokens)",
     },
-    ("trigger",): {"prefix_ai": "", "switch_voice": ""},
+    ("trigger",): {"prefix_ai": ""},
     ("response",): {
         "default_ai": "第一个 [[openai.accounts]] 就是默认的 (the first account is the default)",
         "error_network_failure": _ERROR_TEXT,
@@ -559,7 +602,6 @@ V2_UNSUPPORTED_KEYS: dict[tuple[str, ...], dict[str, str]] = {
         "error_server_overloaded": _ERROR_TEXT,
         "error_drawing": _ERROR_TEXT,
         "placeholder": "",
-        "ping_tts_response": "",
     },
 }
 # Keys of v2's web-login accounts that mean nothing for an API-key account.
@@ -618,6 +660,43 @@ def _drop_v2_unsupported(doc: dict[str, Any], lines: LineIndex) -> list[str]:
     return found
 
 
+def _v2_text_to_speech(doc: dict[str, Any], lines: LineIndex) -> list[str]:
+    """v2's `[text_to_speech]` becomes `[voice] tts_*` (keys written in `[voice]` win): engine "edge"
+    stays, "azure" becomes Edge (the same neural voice names, no key needed), "vits" is not
+    supported; `always` speaks to every session, with the text, as v2 did."""
+    v2 = doc.pop("text_to_speech", None)
+    if not isinstance(v2, dict):
+        return [] if v2 is None else [_unsupported_line("[text_to_speech]", _USE_EDGE, lines.find(("text_to_speech",)))]
+    notes: list[str] = []
+    voice = doc["voice"] = dict(doc["voice"]) if isinstance(doc.get("voice"), dict) else {}
+    engine = v2.get("engine", "azure")  # v2's default engine
+    if engine == "vits":
+        notes.append(
+            _unsupported_line("text_to_speech.engine = vits", _USE_EDGE, lines.find(("text_to_speech", "engine")))
+        )
+        return notes
+    if engine == "azure":
+        notes.append(
+            escape_control(
+                "text_to_speech: Azure TTS 已改用免费的 Edge TTS，语音名相同 (Azure now uses Edge TTS, same voices)"
+            )
+        )
+    voice.setdefault("tts_engine", "edge")
+    if isinstance(v2.get("default"), str) and v2["default"]:
+        voice.setdefault("tts_voice", v2["default"])
+    prefixes = v2.get("default_voice_prefix")
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    if isinstance(prefixes, list) and "tts_voices" not in voice:
+        from voice.voices import EDGE_VOICES  # names only: no audio library is loaded
+
+        voice["tts_voices"] = [name for name in EDGE_VOICES if any(name.startswith(str(p)) for p in prefixes)]
+    if v2.get("always") is True:
+        response = doc["response"] = dict(doc["response"]) if isinstance(doc.get("response"), dict) else {}
+        response.setdefault("voice_mode", "both")
+    return notes
+
+
 def _copied_table(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
     """The table at `path`, copied (with its parents) so the caller's document is left unchanged."""
     parent = doc
@@ -672,13 +751,26 @@ def _v2_default_notes(doc: dict[str, Any]) -> list[str]:
     return []
 
 
+def _check_voice_accounts(settings: Settings, lines: LineIndex) -> None:
+    """`[voice] stt_account` / `tts_account` must name an account (the voice keys are needed where it is used)."""
+    names = [account.name for account in settings.openai.accounts]
+    for key in ("stt_account", "tts_account"):
+        name = getattr(settings.voice, key)
+        if name and name not in names:
+            raise ConfigError(
+                f"voice.{key}",
+                f"没有名为 {name} 的账号，可用：{'、'.join(names)} (no account named {name})",
+                lines.find(("voice", key)),
+            )
+
+
 def _v2_placeholders(settings: Settings) -> None:
     """v2's `ping_response` placeholders become ours ({current_ai} is the account) or fixed texts."""
     text = settings.response.ping_response
-    if "{current_" in text or "{supported_" in text:
+    if "{current_" in text or "{supported_ai}" in text:
         names = "、".join(account.name for account in settings.openai.accounts)
-        text = text.replace("{current_ai}", "{account}").replace("{current_voice}", "无")
-        settings.response.ping_response = text.replace("{supported_ai}", names).replace("{supported_tts}", "无")
+        text = text.replace("{current_ai}", "{account}").replace("{current_voice}", "{voice}")
+        settings.response.ping_response = text.replace("{supported_ai}", names)
 
 
 def _validated(model: type[_M], data: Any, loc: tuple[Any, ...], arrays: set[str], lines: LineIndex) -> _M:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -17,6 +17,10 @@ _CHUNK = 64 * 1024
 _SNIFF_BYTES = 32
 # BITMAPINFOHEADER and its variants; checking it makes "BM" at the start of some text file not count as an image.
 _BMP_DIB_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
+
+# Decides from the first bytes of a download whether it is wanted: a non-empty result (a MIME type,
+# an audio container name) accepts it, None or "" refuses it.
+Sniff = Callable[[bytes], str | None]
 
 
 def sniff_mime(head: bytes) -> str | None:
@@ -34,7 +38,7 @@ def sniff_mime(head: bytes) -> str | None:
     return None
 
 
-def _host_of(url: str) -> str:
+def host_of(url: str) -> str:
     """Only the host goes into logs: QQ image URLs carry auth tokens in the query string."""
     try:
         return urlsplit(url).hostname or "?"
@@ -43,11 +47,11 @@ def _host_of(url: str) -> str:
 
 
 class _Rejected(Exception):
-    """An image that is not used; the message is safe to log (it never contains the URL)."""
+    """A download that is not used; the message is safe to log (it never contains the URL)."""
 
 
 class ImageFetcher:
-    """Fetch images over one shared aiohttp session with size, time and count limits."""
+    """Fetch images (and voices, `fetch_bytes`) over one shared aiohttp session with size, time and count limits."""
 
     def __init__(self, *, max_bytes: int = 5 * 1024 * 1024, timeout: float = 10.0, max_images: int = 4) -> None:
         self.max_bytes = max_bytes
@@ -61,7 +65,7 @@ class ImageFetcher:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=max(8, 2 * self.max_images)),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                # Images come from the QQ side (often 127.0.0.1 / LAN), never through the LLM's proxy.
+                # Images and voices come from the QQ side (often 127.0.0.1 / LAN), never through the LLM's proxy.
                 trust_env=False,
             )
         return self._session
@@ -73,30 +77,39 @@ class ImageFetcher:
 
     async def fetch(self, url: str) -> str | None:
         """One image as `data:<mime>;base64,...`, or None (with one warning) when it cannot be used."""
+        body = await self.fetch_bytes(url, sniff_mime, what="image")
+        if body is None:
+            return None
+        mime = sniff_mime(body[:_SNIFF_BYTES]) or "application/octet-stream"  # fetch_bytes checked it
+        return f"data:{mime};base64,{base64.b64encode(body).decode('ascii')}"
+
+    async def fetch_bytes(self, url: str, sniff: Sniff, what: str = "voice") -> bytes | None:
+        """The body at `url` when `sniff(first bytes)` accepts it, else None with one warning naming only the host.
+
+        The same limits for every kind of download: `max_bytes`, one `timeout` for connect, redirects
+        (at most 3) and the whole body, status 200 only, no proxy from the environment.
+        """
         try:
             scheme = urlsplit(url).scheme.lower()
         except ValueError:
             scheme = ""
         if scheme not in ("http", "https"):
-            log.warning("image from {} not used: scheme {!r} is not http(s)", _host_of(url), scheme)
+            log.warning("{} from {} not used: scheme {!r} is not http(s)", what, host_of(url), scheme)
             return None
         try:
             # One deadline for connect, redirects and the whole body: a slow trickle must not hold a reply.
             async with asyncio.timeout(self.timeout):
-                mime, body = await self._download(url)
+                return await self._download(url, sniff, what)
         except _Rejected as exc:
-            log.warning("image from {} not used: {}", _host_of(url), exc)
-            return None
+            log.warning("{} from {} not used: {}", what, host_of(url), exc)
         except TimeoutError:
-            log.warning("image from {} not used: timed out after {}s", _host_of(url), self.timeout)
-            return None
+            log.warning("{} from {} not used: timed out after {}s", what, host_of(url), self.timeout)
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             # Only the exception type: aiohttp's messages can include the full URL with its token.
-            log.warning("image from {} not used: {}", _host_of(url), type(exc).__name__)
-            return None
-        return f"data:{mime};base64,{base64.b64encode(body).decode('ascii')}"
+            log.warning("{} from {} not used: {}", what, host_of(url), type(exc).__name__)
+        return None
 
-    async def _download(self, url: str) -> tuple[str, bytes]:
+    async def _download(self, url: str, sniff: Sniff, what: str) -> bytes:
         # aiohttp refuses redirects to non-http(s) schemes itself (NonHttpUrlRedirectClientError).
         async with self._get_session().get(url, allow_redirects=True, max_redirects=3) as response:
             if response.status != 200:
@@ -106,7 +119,6 @@ class ImageFetcher:
                 response.close()  # drop the connection rather than drain a body we will not use
                 raise _Rejected(f"Content-Length {declared} exceeds {self.max_bytes} bytes")
             body = bytearray()
-            mime: str | None = None
             sniffed = False
             # Read in chunks: Content-Length may be absent (chunked) or wrong, so the cap is enforced on real bytes.
             async for chunk in response.content.iter_chunked(_CHUNK):
@@ -116,15 +128,12 @@ class ImageFetcher:
                     raise _Rejected(f"body exceeds {self.max_bytes} bytes")
                 if not sniffed and len(body) >= _SNIFF_BYTES:
                     sniffed = True
-                    mime = sniff_mime(bytes(body[:_SNIFF_BYTES]))
-                    if mime is None:
+                    if not sniff(bytes(body[:_SNIFF_BYTES])):
                         response.close()  # an HTML error page etc.: no point reading the rest
-                        raise _Rejected("not an image")
-            if not sniffed:
-                mime = sniff_mime(bytes(body))
-            if mime is None:
-                raise _Rejected("not an image")
-            return mime, bytes(body)
+                        raise _Rejected(f"not an {what}" if what[:1] in "aeiou" else f"not a {what}")
+            if not sniffed and not sniff(bytes(body)):
+                raise _Rejected(f"not an {what}" if what[:1] in "aeiou" else f"not a {what}")
+            return bytes(body)
 
     async def fetch_all(self, urls: Sequence[str]) -> list[str]:
         """The first `max_images` images fetched concurrently, in the given order, failures left out."""

@@ -247,6 +247,33 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
     return max(0.0, value) if math.isfinite(value) else None
 
 
+def build_client(
+    api_key: str,
+    endpoint: str,
+    proxy: str,
+    timeout: float,
+    kind: type[openai.AsyncOpenAI] = openai.AsyncOpenAI,
+) -> openai.AsyncOpenAI:
+    """An SDK client over the bot's aiohttp transport (the proxy, SOCKS included), with no retries of
+    its own: retries, backoff and failover are the caller's. Raises ClientSetupError for an unusable
+    proxy or endpoint, in words that never repeat them."""
+    try:
+        transport = AiohttpTransport(proxy)
+    except ValueError as exc:
+        raise ClientSetupError(f"proxy: {exc}") from None
+    try:
+        return kind(
+            api_key=api_key or _NO_KEY,
+            base_url=endpoint,
+            max_retries=0,
+            timeout=timeout,
+            # the SDK's own httpx2 subclass keeps its connection limits and redirect handling
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport),
+        )
+    except Exception:  # e.g. httpx2.InvalidURL for "http://[::1"
+        raise ClientSetupError("api_endpoint: not a valid URL") from None
+
+
 def classify(exc: BaseException) -> Failure:
     """Sort an exception from one attempt into a Failure (a pure function: no I/O, no state)."""
     if isinstance(exc, EmptyReplyError):
@@ -457,22 +484,8 @@ class OpenAICompatible:
     def _client(self, account: _Account) -> openai.AsyncOpenAI:
         """The account's client, built on first use (building one costs about 0.1 s)."""
         if account.client is None:
-            try:
-                transport = AiohttpTransport(account.proxy)
-            except ValueError as exc:
-                raise ClientSetupError(f"proxy: {exc}") from None
-            # the SDK's own httpx2 subclass keeps its connection limits and redirect handling
-            http_client = openai.DefaultAsyncHttpxClient(transport=transport)
-            try:
-                account.client = _LeanClient(
-                    api_key=account.api_key.get_secret_value() or _NO_KEY,
-                    base_url=account.endpoint,
-                    max_retries=0,  # retries, backoff and failover are ours
-                    timeout=self._params.timeout,
-                    http_client=http_client,
-                )
-            except Exception:  # e.g. httpx2.InvalidURL for "http://[::1"
-                raise ClientSetupError("api_endpoint: not a valid URL") from None
+            key = account.api_key.get_secret_value()
+            account.client = build_client(key, account.endpoint, account.proxy, self._params.timeout, _LeanClient)
         return account.client
 
     async def _request(

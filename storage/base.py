@@ -6,8 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-SESSION_FIELDS = frozenset({"preset", "model", "account", "reply_mode"})
+SESSION_FIELDS = frozenset({"preset", "model", "account", "reply_mode", "voice"})
 """The per-session settings `update_session` may change."""
+
+VOICE_OFF = "off"
+"""`SessionState.voice` of a session whose user turned spoken replies off."""
 
 WINDOW_PAGE = 64
 """Rows read per step while filling a window, newest first."""
@@ -35,6 +38,7 @@ class SessionState:
     account: str = ""
     updated_at: float = 0.0
     reply_mode: str = ""  # "" follows `[response] mode`
+    voice: str = ""  # "" follows the configured voice, VOICE_OFF = turned off by 切换语音 关闭, else a voice name
 
 
 @runtime_checkable
@@ -68,7 +72,7 @@ class HistoryStore(Protocol):
         ...
 
     async def update_session(self, session_key: str, /, **fields: str) -> None:
-        """Set preset / model / account / reply_mode. Raises TypeError for other names, StorageError on failure."""
+        """Set any of SESSION_FIELDS. Raises TypeError for other names, StorageError on failure."""
         ...
 
 

@@ -75,6 +75,7 @@ class SessionSummary:
     reply_mode: str
     cleared_before: int
     messages: int
+    voice: str = ""  # last and defaulted: callers build summaries of unknown sessions positionally
 
     @property
     def parts(self) -> KeyParts:
@@ -200,13 +201,29 @@ class HistoryBrowser:
             .scalar_subquery()
         )
         return select(
-            _s.session_key, _s.updated_at, _s.preset, _s.model, _s.account, _s.reply_mode, _s.cleared_before, count
+            _s.session_key,
+            _s.updated_at,
+            _s.preset,
+            _s.model,
+            _s.account,
+            _s.reply_mode,
+            _s.cleared_before,
+            count,
+            _s.voice,
         )
 
     @staticmethod
     def _summary(row: Any) -> SessionSummary:
         return SessionSummary(
-            row[0], float(row[1] or 0.0), row[2], row[3], row[4], row[5], int(row[6] or 0), int(row[7] or 0)
+            row[0],
+            float(row[1] or 0.0),
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            int(row[6] or 0),
+            int(row[7] or 0),
+            row[8] or "",
         )
 
     async def sessions(

@@ -94,7 +94,7 @@ class MemoryHistoryStore:
         return self._sessions.get(session_key) or SessionState(session_key)
 
     async def update_session(self, session_key: str, /, **fields: str) -> None:
-        """Set preset / model / account / reply_mode. Raises TypeError for other names."""
+        """Set any of SESSION_FIELDS. Raises TypeError for other names."""
         check_session_fields(fields)
         self._check_open()
         state = self._sessions.get(session_key) or SessionState(session_key)

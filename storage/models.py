@@ -73,6 +73,9 @@ class SessionRow(Base):
     # "text" / "image" / "mixed" chosen by the mode commands; "" follows `[response] mode`
     reply_mode: Mapped[str] = mapped_column(String(16), server_default="")
     updated_at: Mapped[float] = mapped_column(UnixTime, server_default="0")
+    # 切换语音: "" follows the configured voice, "off" = turned off by the user, else a voice name.
+    # Revision 0002; declared last so that a new table has the column order of an upgraded one.
+    voice: Mapped[str] = mapped_column(String(255), server_default="")
 
 
 # Core handles for the store's statements (typed as Table: `__table__` is declared as FromClause).

@@ -1,12 +1,14 @@
 """Schema versions: the Alembic revisions in storage/migrations, applied when the store opens.
 
 On open (`create_or_upgrade`, run through `run_sync`):
-- no table of ours: a new database, upgraded to the newest revision;
-- our tables but no version: made before versioning; the missing columns, indexes and tables are
-  added (SQLite: after a copy of the file), then it is stamped as revision 0001;
+- no table of ours: a new database, created from the models and stamped as the newest revision;
+- our tables but no version: made before versioning; after a copy of the file (SQLite) the missing
+  columns, indexes and tables of revision 0001 (storage/migrations/baseline.py, frozen) are added,
+  it is stamped 0001 and then upgraded like any older revision;
 - an older revision: upgraded (SQLite: after a copy of the file);
 - a revision this version does not know: made by a newer bot; refused with DatabaseTooNew.
-An up-to-date, new or pre-versioning database costs no Alembic import; only a real upgrade loads it.
+An up-to-date or new database costs no Alembic import; only a real upgrade loads it.
+One copy per open at most: `<file>.before-<newest revision>.bak`, made before the first change.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BASELINE", "HEAD", "MIGRATIONS", "create_or_upgrade"]
 
-HEAD = "0001"  # the newest revision in storage/migrations/versions (a test keeps them in step)
+HEAD = "0002"  # the newest revision in storage/migrations/versions (a test keeps them in step)
 BASELINE = "0001"  # what a database from before versioning is brought to, then stamped as
 SHIPPED_MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATIONS = SHIPPED_MIGRATIONS  # tests point it at a copy with a revision of their own
@@ -54,40 +56,38 @@ def create_or_upgrade(conn: Connection) -> None:
         if location == SHIPPED_MIGRATIONS:
             if stored == HEAD:
                 return
-            if stored is None and _start_without_alembic(conn):
+            if stored is None and _create_without_alembic(conn):
                 return
         config, scripts = _alembic(conn, location)
         head = scripts.get_current_head() or ""
+        copied = False
         if stored is None:
-            stored = _start_versioning(conn, config, head)
+            stored, copied = _start_versioning(conn, config, head)
         if stored == head:
             return
         if not _is_known(scripts, stored):
             raise DatabaseTooNew(_shown(conn.engine.url), stored, head)
         from alembic import command
 
-        _copy_sqlite_file(conn, head, f"upgrading the schema from {stored} to {head}")
+        if not copied:
+            _copy_sqlite_file(conn, head, f"upgrading the schema from {stored} to {head}")
         command.upgrade(config, head)
         logger.info("history store: upgraded the schema from revision {} to {}", stored, head)
 
 
-def _start_without_alembic(conn: Connection) -> bool:
-    """A new database, or one from before versioning, brought to HEAD without importing Alembic (a
-    test keeps the models equal to the HEAD revision, so creating the models' tables is that
-    revision). False when that is not possible (a pre-versioning database once HEAD is past BASELINE)."""
-    ours = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
-    if not ours:
-        Base.metadata.create_all(conn)
-        _stamp(conn, HEAD)
-        logger.info("history store: created the tables (schema revision {})", HEAD)
-        return True
-    if BASELINE != HEAD:
+def _create_without_alembic(conn: Connection) -> bool:
+    """A new database: the models' tables, stamped HEAD, without importing Alembic (a test keeps the
+    models equal to what the revisions build). False when tables of ours are there already."""
+    if _has_tables_of_ours(conn):
         return False
-    _copy_sqlite_file(conn, BASELINE, "versioning its schema")
-    _add_what_is_missing(conn)
-    _stamp(conn, BASELINE)
-    logger.info("history store: a database from before schema versions is now revision {}", BASELINE)
+    Base.metadata.create_all(conn)
+    _stamp(conn, HEAD)
+    logger.info("history store: created the tables (schema revision {})", HEAD)
     return True
+
+
+def _has_tables_of_ours(conn: Connection) -> bool:
+    return bool(set(inspect(conn).get_table_names()) & set(Base.metadata.tables))
 
 
 def _stamp(conn: Connection, revision: str) -> None:
@@ -98,34 +98,37 @@ def _stamp(conn: Connection, revision: str) -> None:
     conn.execute(insert(versions).values(version_num=revision))
 
 
-def _start_versioning(conn: Connection, config: Config, head: str) -> str:
-    """A database without a version: create it at `head`, or fix an old one up and stamp it BASELINE."""
+def _start_versioning(conn: Connection, config: Config, head: str) -> tuple[str, bool]:
+    """A database without a version: create it at `head`, or copy an old one, fix it up to BASELINE
+    and stamp it so. The revision it is at now, and whether the SQLite file was copied."""
     from alembic import command
 
-    ours = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
-    if not ours:
+    if not _has_tables_of_ours(conn):
         command.upgrade(config, head)
         logger.info("history store: created the tables (schema revision {})", head)
-        return head
-    _copy_sqlite_file(conn, BASELINE, "versioning its schema")
+        return head, False
+    # Named after `head`: this one copy, made before anything changes, also serves the upgrade.
+    _copy_sqlite_file(conn, head, "versioning its schema")
     _add_what_is_missing(conn)
     command.stamp(config, BASELINE)
     logger.info("history store: a database from before schema versions is now revision {}", BASELINE)
-    return BASELINE
+    return BASELINE, True
 
 
 def _add_what_is_missing(conn: Connection) -> None:
-    """The pre-versioning step: create missing tables, add missing columns and indexes (all additive).
+    """The pre-versioning step: create the missing tables, columns and indexes of revision BASELINE.
 
-    Base.metadata is revision 0001's schema today (tests/test_migrations.py compares the newest
-    revision with the models); once a later revision changes the models, this step needs a frozen
-    copy of the 0001 tables instead, since the database is then stamped 0001 and upgraded from there.
-    A new column must have a `server_default` (or be nullable) so the rows already stored stay valid.
+    The frozen copy of revision 0001's tables is used, not the models: the database is stamped 0001
+    next and upgraded from there by the later revisions, which add their own columns themselves.
+    Columns a database has beyond 0001 are left alone. All additive; a column added here must have
+    a `server_default` (or be nullable) so the rows already stored stay valid.
     """
+    from storage.migrations.baseline import BASELINE_TABLES
+
     existing = set(inspect(conn).get_table_names())
-    Base.metadata.create_all(conn)
+    BASELINE_TABLES.create_all(conn)
     inspector = inspect(conn)
-    for table_ in Base.metadata.sorted_tables:
+    for table_ in BASELINE_TABLES.sorted_tables:
         if table_.name not in existing:
             continue
         present = {column_["name"] for column_ in inspector.get_columns(table_.name)}

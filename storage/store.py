@@ -317,7 +317,8 @@ class SqlHistoryStore:
         if dialect.name != "sqlite":
             self._lock_session = _Statement(select(s.session_key).where(s.session_key == key).with_for_update(), None)
         self._get_session = _Statement(
-            select(s.preset, s.model, s.account, s.updated_at, s.reply_mode).where(s.session_key == key), compile_for
+            select(s.preset, s.model, s.account, s.updated_at, s.reply_mode, s.voice).where(s.session_key == key),
+            compile_for,
         )
 
     @classmethod
@@ -596,12 +597,12 @@ class SqlHistoryStore:
         rows = await self._run("reading a session", read, write=False)
         if not rows:
             return SessionState(session_key)
-        preset, model, account, updated_at, reply_mode = rows[0]
-        return SessionState(session_key, preset, model, account, updated_at, reply_mode)
+        preset, model, account, updated_at, reply_mode, voice = rows[0]
+        return SessionState(session_key, preset, model, account, updated_at, reply_mode, voice)
 
     @_finish_even_if_cancelled
     async def update_session(self, session_key: str, /, **fields: str) -> None:
-        """Set preset / model / account / reply_mode. Raises TypeError for other names, StorageError on failure."""
+        """Set any of SESSION_FIELDS. Raises TypeError for other names, StorageError on failure."""
         check_session_fields(fields)
         values: dict[str, ColumnElement[Any]] = {name: bindparam(name) for name in fields}
         values["session_key"] = bindparam("key")

@@ -3,15 +3,17 @@
 One JSON object per line; the first line is the header, every other line has a `kind`:
 
     {"kind": "header", "format": "chatgpt-qq-bot/history", "version": 1, "exported_at": ISO, "source": URL}
-    {"kind": "session", "session_key", "preset", "model", "account", "reply_mode", "cleared_before",
-     "updated_at" (ISO 8601 UTC), "updated_at_unix"}
+    {"kind": "session", "session_key", "preset", "model", "account", "reply_mode", "voice",
+     "cleared_before", "updated_at" (ISO 8601 UTC), "updated_at_unix"}
     {"kind": "message", "session_key", "id", "role", "content", "tokens", "hidden",
      "created_at" (ISO 8601 UTC), "created_at_unix"}
 
 Session lines come first, then messages in ascending id order; ids and `cleared_before` are the
 source database's. A reset is a message with role "reset" (hidden). `source` never carries a
 password. Import gives messages new ids in the same order and maps `cleared_before` onto them, so
-every window and every reset is the same after the move.
+every window and every reset is the same after the move. A session line written before a field
+existed (`voice`, schema revision 0002) imports with that field empty; readers ignore fields they
+do not know, so the format stays version 1.
 
 `--backup` of a database other than SQLite writes the dump format (storage/backup.py): a header
 with format "chatgpt-qq-bot/dump", then `{"table": NAME, "row": {column: value}}` lines; import
@@ -42,7 +44,11 @@ FORMAT_VERSION = 1
 PAGE = 1000  # rows per query and per insert batch: memory stays bounded whatever the table size
 KEY_BATCH = 500  # session keys per "already present?" query
 MAX_KEY_LENGTH = 255  # sessions.session_key is String(255)
-SESSION_TEXT_FIELDS = ("preset", "model", "account", "reply_mode")
+SESSION_TEXT_FIELDS = ("preset", "model", "account", "reply_mode", "voice")
+# Lengths of the sessions columns (String(n)); fields not named here are String(255).
+_SESSION_TEXT_LIMITS = {"reply_mode": 16}
+# Fields files of earlier versions lack: missing means "" (the column's default).
+_LATER_SESSION_FIELDS = frozenset({"voice"})
 SCHEMA_VERSION_TABLE = "alembic_version"
 ROLES = frozenset({"user", "assistant", "system", RESET_ROLE})
 
@@ -82,7 +88,7 @@ def header_record(source: str, *, format_name: str = HISTORY_FORMAT, now: float 
 
 
 def session_record(row: Any) -> dict[str, Any]:
-    """A sessions row (session_key, preset, model, account, reply_mode, cleared_before, updated_at)."""
+    """A sessions row (session_key, preset, model, account, reply_mode, voice, cleared_before, updated_at)."""
     updated_at = float(row.updated_at or 0.0)
     return {
         "kind": "session",
@@ -91,6 +97,7 @@ def session_record(row: Any) -> dict[str, Any]:
         "model": row.model,
         "account": row.account,
         "reply_mode": row.reply_mode,
+        "voice": row.voice,
         "cleared_before": int(row.cleared_before),
         "updated_at": iso_utc(updated_at),
         "updated_at_unix": updated_at,
@@ -126,6 +133,7 @@ _SESSION_COLUMNS = (
     sessions.c.model,
     sessions.c.account,
     sessions.c.reply_mode,
+    sessions.c.voice,
     sessions.c.cleared_before,
     sessions.c.updated_at,
 )
@@ -273,7 +281,10 @@ def check_session(record: dict[str, Any], number: int) -> dict[str, Any]:
     """A sessions row from a session line. Raises BadLine."""
     row: dict[str, Any] = {"session_key": _text(record, "session_key", number, limit=MAX_KEY_LENGTH, empty=False)}
     for name in SESSION_TEXT_FIELDS:
-        row[name] = _text(record, name, number, limit=16 if name == "reply_mode" else 255)
+        if name in _LATER_SESSION_FIELDS and name not in record:
+            row[name] = ""
+            continue
+        row[name] = _text(record, name, number, limit=_SESSION_TEXT_LIMITS.get(name, 255))
     row["cleared_before"] = _integer(record, "cleared_before", number)
     row["updated_at"] = _unix_time(record, "updated_at", number)
     return row

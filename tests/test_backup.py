@@ -56,7 +56,8 @@ async def fill(store: SqlHistoryStore) -> dict[str, str]:
             await store.reset(keys["group"])
     await store.rollback(keys["private"])
     await store.update_session(keys["private"], preset="猫娘", model="m2", account="second", reply_mode="image")
-    await store.update_session(keys["member"], preset="default")
+    await store.update_session(keys["member"], preset="default", voice="zh-CN-XiaoxiaoNeural")
+    await store.update_session(keys["group"], voice="off")
     await store.reset(keys["web"])  # a reset as the newest row: the window is empty
     return keys
 
@@ -66,7 +67,7 @@ async def snapshot(store: SqlHistoryStore, keys: list[str]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key in keys:
         state = await store.get_session(key)
-        settings = (state.preset, state.model, state.account, state.reply_mode)
+        settings = (state.preset, state.model, state.account, state.reply_mode, state.voice)
         seen[key] = ([await store.window(key, budget) for budget in BUDGETS], settings)
     return seen
 
@@ -188,6 +189,7 @@ async def test_export_reads_in_pages_and_one_session_alone(tmp_path: Path) -> No
         one = [r async for page in history_records(store.engine, "t", session_key=keys["member"], page=5) for r in page]
         assert {r.get("session_key") for r in one[1:]} == {keys["member"]}
         assert one[1]["kind"] == "session" and one[1]["preset"] == "default"
+        assert one[1]["voice"] == "zh-CN-XiaoxiaoNeural"
     finally:
         await store.close()
 
@@ -218,6 +220,16 @@ async def test_export_reads_in_pages_and_one_session_alone(tmp_path: Path) -> No
             ' "cleared_before": -1, "updated_at_unix": 0}',
             "cleared_before",
         ),
+        (
+            '{"kind": "session", "session_key": "k", "preset": "", "model": "", "account": "", "reply_mode": "",'
+            ' "voice": "' + "v" * 256 + '", "cleared_before": 0, "updated_at_unix": 0}',
+            "voice is longer than 255",
+        ),
+        (
+            '{"kind": "session", "session_key": "k", "preset": "", "model": "", "account": "", "reply_mode": "",'
+            ' "voice": 7, "cleared_before": 0, "updated_at_unix": 0}',
+            "voice must be a string",
+        ),
     ],
 )
 async def test_a_bad_line_is_refused_with_its_number_and_nothing_is_written(
@@ -234,6 +246,38 @@ async def test_a_bad_line_is_refused_with_its_number_and_nothing_is_written(
             await import_history(store.engine, path)
         assert refused.value.line == 4 and reason in str(refused.value)
         assert await store.window("qq:private:1", 1000) == []
+    finally:
+        await store.close()
+
+
+async def test_a_file_written_before_the_voice_setting_imports_with_the_configured_voice(tmp_path: Path) -> None:
+    # A session line (and a dump's sessions row) as schema revision 0001 wrote them: no "voice" key.
+    old = {"session_key": "qq:private:1", "preset": "猫娘", "model": "m", "account": "", "reply_mode": "image"}
+    history = tmp_path / "old-history.jsonl"
+    history.write_text(
+        jsonl({"kind": "header", "format": HISTORY_FORMAT, "version": 1})
+        + jsonl({"kind": "session", **old, "cleared_before": 0, "updated_at_unix": 5.0})
+        + jsonl(
+            {"kind": "message", "session_key": "qq:private:1", "id": 1, "role": "user", "content": "hi"}
+            | {"tokens": 1, "hidden": False, "created_at_unix": 5.0}
+        ),
+        encoding="utf-8",
+    )
+    dump = tmp_path / "old-dump.jsonl"
+    dump.write_text(
+        jsonl({"kind": "header", "format": "chatgpt-qq-bot/dump", "version": 1})
+        + jsonl(
+            {"table": "sessions", "row": old | {"session_key": "qq:group:2", "cleared_before": 0, "updated_at": 5.0}}
+        ),
+        encoding="utf-8",
+    )
+    store = await SqlHistoryStore.open(sqlite_url(tmp_path / "new.sqlite3"))
+    try:
+        for path in (history, dump):
+            assert (await import_history(store.engine, path)).sessions == 1
+        for key in ("qq:private:1", "qq:group:2"):
+            state = await store.get_session(key)
+            assert (state.preset, state.reply_mode, state.voice) == ("猫娘", "image", "")
     finally:
         await store.close()
 

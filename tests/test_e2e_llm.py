@@ -182,7 +182,7 @@ async def test_switching_model_and_ai_persists_across_restart(
 
     again = await launch(config=config)
     [ping] = await again.say("ping")
-    assert ping == "当前账号：main\n当前模型：m1-pro\n当前预设：default"
+    assert ping == "当前账号：main\n当前模型：m1-pro\n当前预设：default\n当前语音：无"
     await again.say("重启后")
     await again.say("重启后", user=ADMIN)
     assert [r["body"]["model"] for r in fake_llm.requests[-2:]] == ["m1-pro", "deepseek-chat"]

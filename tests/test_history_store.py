@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, event, insert, select, text
 
 from core.errors import StorageError
 from core.tokens import estimate_tokens
-from storage.base import RESET_ROLE, HistoryStore, SessionState, StoredTurn
+from storage.base import RESET_ROLE, VOICE_OFF, HistoryStore, SessionState, StoredTurn
 from storage.memory import MemoryHistoryStore
 from storage.models import messages
 from storage.store import SqlHistoryStore, _AlchemyTx, _SessionUpsert
@@ -191,6 +191,29 @@ async def test_session_state_update_and_get(store: HistoryStore) -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_voice_setting_round_trips_and_leaves_the_other_settings_alone(store: HistoryStore) -> None:
+    await store.update_session("s", preset="猫娘", model="m", account="a", reply_mode="image")
+    assert (await store.get_session("s")).voice == ""  # follow the configured voice
+    await store.update_session("s", voice="xiaoxiao")
+    state = await store.get_session("s")
+    assert state.voice == "xiaoxiao"
+    assert (state.preset, state.model, state.account, state.reply_mode) == ("猫娘", "m", "a", "image")
+    await store.update_session("s", voice=VOICE_OFF)
+    await store.update_session("s", preset="default")  # another setting leaves the voice
+    await store.append_exchange("s", "q", "r")
+    await store.reset("s")
+    state = await store.get_session("s")
+    assert (state.voice, state.preset, state.model, state.reply_mode) == ("off", "default", "m", "image")
+    await store.update_session("new", voice="zh-CN-XiaoxiaoNeural 😀")  # a first setting creates the session
+    assert await store.get_session("new") == SessionState(
+        "new", updated_at=(await store.get_session("new")).updated_at, voice="zh-CN-XiaoxiaoNeural 😀"
+    )
+    assert (await store.get_session("other")).voice == ""
+    with pytest.raises(TypeError):
+        await store.update_session("s", voice=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
 async def test_closed_store_raises_storage_error(store: HistoryStore) -> None:
     await store.close()
     await store.close()  # idempotent
@@ -357,15 +380,15 @@ async def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: 
         old.execute("INSERT INTO sessions VALUES ('s', 0, 'cat', 'm', 'a', 5.0)")
     store = await SqlHistoryStore.open(sqlite_url(path))
     try:
-        assert await store.get_session("s") == SessionState("s", "cat", "m", "a", 5.0, "")
-        await store.update_session("s", reply_mode="image")
+        assert await store.get_session("s") == SessionState("s", "cat", "m", "a", 5.0, "", "")
+        await store.update_session("s", reply_mode="image", voice="xiaoxiao")
         await store.append_exchange("s", "q", "r")  # the other tables were created beside it
     finally:
         await store.close()
     store = await SqlHistoryStore.open(sqlite_url(path), driver_fast_path=False)
     try:
         state = await store.get_session("s")
-        assert (state.preset, state.reply_mode) == ("cat", "image")
+        assert (state.preset, state.reply_mode, state.voice) == ("cat", "image", "xiaoxiao")
     finally:
         await store.close()
     assert sum("added column sessions.reply_mode" in line for line in log_lines) == 1  # once, then it exists

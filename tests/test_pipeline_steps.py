@@ -19,7 +19,7 @@ from tests.fakes.mirai_peer import FakeMirai, friend_message, sent_text
 from tests.fakes.openai_server import FakeOpenAI
 
 USER = 20001
-ORDER = ["_dedupe", "_trigger", "_access", "_command", "_rate_limit", "_enqueue"]
+ORDER = ["_dedupe", "_listen", "_trigger", "_access", "_command", "_rate_limit", "_enqueue"]
 
 
 class Peer:
@@ -85,7 +85,7 @@ async def test_each_step_can_end_the_way(peer: Peer) -> None:
     before = len(peer.mirai.commands)
     await peer.say("ping")  # a command: answered by the command step, never rate limited or queued
     await peer.replies(1, before)
-    assert [name for name, text in seen if text == "ping"] == ORDER[:4]
+    assert [name for name, text in seen if text == "ping"] == ORDER[:5]
     before = len(peer.mirai.commands)
     await peer.say("第一", message_id=9001)
     await peer.replies(1, before)

@@ -26,7 +26,7 @@ from adapters.qqbot.settings import QQBotSettings
 from adapters.satori.adapter import SatoriAdapter
 from adapters.satori.settings import SatoriSettings
 from core.event import ChatType, Event, MessageEvent, NoticeEvent, RequestEvent, Role
-from core.message import Image, Quote, Text, describe
+from core.message import Image, Quote, Text, Voice, describe
 
 SAMPLES = Path(__file__).parent / "samples"
 PROTOCOLS = ("mirai", "onebot", "satori", "milky", "qqbot")
@@ -158,6 +158,13 @@ def _check_message(event: Event, expect: dict[str, Any], protocol: str) -> None:
         image = next(seg for seg in event.message if isinstance(seg, Image))
         for field, value in expect["image"].items():
             assert getattr(image, field) == value, field
+    if "voices" in expect:
+        # What the conversation layer downloads to hear the voice: every voice, in order, with its source.
+        voices = [seg for seg in event.message if isinstance(seg, Voice)]
+        assert len(voices) == len(expect["voices"])
+        for voice, fields in zip(voices, expect["voices"], strict=True):
+            for field, value in fields.items():
+                assert getattr(voice, field) == value, field
 
 
 @pytest.mark.parametrize(("protocol", "record"), CASES)

@@ -32,3 +32,13 @@ async def test_the_cache_is_bounded() -> None:
     for key in "abcd":
         await cache.get(key)
     assert len(cache._cache) == 3 and "a" not in cache._cache
+
+
+async def test_the_voice_is_cached_and_kept_beside_the_other_settings() -> None:
+    store = MemoryHistoryStore()
+    cache = SessionSettings(store)
+    await cache.update("s", reply_mode="image")
+    await cache.update("s", voice="xiaoxiao")
+    state = await cache.get("s")
+    assert (state.voice, state.reply_mode) == ("xiaoxiao", "image")
+    assert (await store.get_session("s")).voice == "xiaoxiao"  # written through to the store

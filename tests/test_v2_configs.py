@@ -153,9 +153,13 @@ async def test_every_v2_section_starts_and_ping_fills_v2_placeholders(tmp_path: 
     current = answer.splitlines()[0]  # {current_ai} is our {account}: the chosen one, or "auto" over the list
     assert current.startswith("当前AI：") and "account1" in current and current.endswith(" / 当前语音：无"), answer
     assert "可用AI：\naccount1" in answer, answer
+    # [text_to_speech] engine = "azure" is spoken by Edge TTS; default_voice_prefix picks the voices offered
+    voices = answer.split("可用语音：\n", 1)[1].split("、")
+    assert voices[0] == "xiaoxiao" and "hsiaochen" in voices and "hiugaai" not in voices, answer
     assert "{" not in answer
     assert "Traceback" not in stderr
     assert stderr.count(WEB_LOGIN_SKIPPED) == 3
+    assert "Azure TTS 已改用免费的 Edge TTS" in stderr
     for section in ("bing", "bard", "azure", "yiyan", "chatglm", "poe", "slack", "xinghuo", "baiducloud"):
         [line] = [line for line in stderr.splitlines() if f"[{section}]" in line]
         assert "不再支持" in line and "not supported" in line
@@ -169,7 +173,7 @@ async def test_check_lists_each_unsupported_v2_section(tmp_path: Path, fake_llm:
     process = await spawn_bot(config, "--check")
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     table = stdout.decode()
-    for section in ("bing", "bard", "poe", "telegram", "text_to_speech", "sdwebui", "vits"):
+    for section in ("bing", "bard", "poe", "telegram", "sdwebui", "vits"):
         assert re.search(rf"^SKIP +unsupported v2 setting +\[{section}\]", table, re.M), table
     assert re.search(r"^OK +model account account1", table, re.M), table
     assert "Traceback" not in stderr.decode()

@@ -13,7 +13,7 @@ from tests.browser import browser, logged_in_page
 from tests.conftest import BOT_QQ, VERIFY_KEY, mirai_url
 from tests.console_client import ConsoleClient, console
 from tests.fakes.mirai_peer import FakeMirai
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, speech_seconds
 
 __all__ = ["browser", "console"]
 
@@ -116,3 +116,28 @@ async def test_edit_a_config_value_and_see_it_saved_and_applied(console: Callabl
     await page.locator("#config-form button[type=submit]").first.click()
     await expect(page.locator("body")).to_contain_text("response.timeout")
     assert path.read_text(encoding="utf-8") == after
+
+
+async def test_a_voice_answer_plays_in_the_chat_page(
+    console: Callable[..., Any], browser: Browser, fake_llm: FakeOpenAI
+) -> None:
+    voice = {"voice": {"tts_engine": "openai"}, "response": {"voice_mode": "voice"}}
+    client: ConsoleClient = await console(voice, login=False)
+    fake_llm.reply_fn = lambda body: "这是一段会被读出来的回答。"
+    page = await logged_in_page(browser, client)
+    await page.click("nav >> text=聊天")
+    await page.fill("#chat-text", "说句话")
+    await page.click("#chat-form button[type=submit]")
+    audio = page.locator(".bubble.bot:visible audio")
+    await expect(audio).to_have_count(1)
+    # the browser decodes it (the page's CSP lets data: media play): its length is the fake's speech length
+    duration = await audio.evaluate(
+        """el => new Promise((resolve, reject) => {
+            if (el.readyState >= 1) { resolve(el.duration); return; }
+            el.addEventListener("loadedmetadata", () => resolve(el.duration));
+            el.addEventListener("error", () => reject(new Error("the audio did not load")));
+            setTimeout(() => reject(new Error("the audio did not load in 10 s")), 10000);
+        })"""
+    )
+    [request] = fake_llm.speech_requests
+    assert abs(duration - speech_seconds(request["body"]["input"])) < 0.2

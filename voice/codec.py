@@ -120,3 +120,28 @@ def pcm_to_wav(pcm: bytes, rate: int = PCM_RATE) -> bytes:
 def seconds(pcm: bytes, rate: int = PCM_RATE) -> float:
     """How long 16-bit mono PCM at `rate` plays."""
     return len(pcm) / 2 / rate
+
+
+MP3_RATE = 24_000  # speech needs no more; what Edge TTS and OpenAI's tts-1 send too
+MP3_BIT_RATE = 48_000
+
+
+def pcm_to_mp3(pcm: bytes, rate: int = PCM_RATE) -> bytes:
+    """16-bit mono PCM at `rate` as an MP3 file (libmp3lame through PyAV): for browsers and the HTTP API."""
+    pcm = resample(pcm, rate, MP3_RATE)
+    output = io.BytesIO()
+    with av.open(output, mode="w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=MP3_RATE, layout="mono")
+        stream.bit_rate = MP3_BIT_RATE
+        frame_samples = 1152 * 8  # whole MP3 frames per AudioFrame keep the encoder's buffer small
+        step = frame_samples * 2
+        for start in range(0, len(pcm) - len(pcm) % 2, step):
+            chunk = pcm[start : start + step]
+            frame = av.AudioFrame(format="s16", layout="mono", samples=len(chunk) // 2)
+            frame.planes[0].update(chunk)
+            frame.sample_rate = MP3_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return output.getvalue()

@@ -24,6 +24,7 @@ class ConsoleAdapter(Adapter):
 
     protocol = "console"
     max_text_length = 100_000
+    voice_format = ""  # a terminal cannot play a voice
 
     def __init__(self, instance: str, settings: Any, sink: EventSink) -> None:
         super().__init__(instance, settings, sink)

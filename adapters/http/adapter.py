@@ -55,6 +55,7 @@ class HttpApiAdapter(Adapter):
 
     protocol = "http"
     max_text_length = 100_000  # an HTTP body: no need to split an answer
+    voice_format = "mp3"  # v2's clients play `voice[]` as `data:audio/mpeg`
 
     def __init__(self, instance: str, settings: HttpSettings, sink: EventSink) -> None:
         super().__init__(instance, settings, sink)

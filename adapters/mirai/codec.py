@@ -276,9 +276,17 @@ def _plain(text: str) -> _Json:
     return {"type": "Plain", "text": text}
 
 
+def _plain_base64(data: str) -> str:
+    """mirai-api-http decodes `base64` as bare base64: a `base64://` or `data:…;base64,` head is taken off."""
+    if data.startswith("data:") and "," in data:
+        return data.split(",", 1)[1]
+    return data.removeprefix("base64://")
+
+
 def _one_source(kind: str, id_key: str, seg: Image | Voice) -> _Json | None:
     # mirai honours only the first of these anyway; sending one keeps the request unambiguous.
-    for key, value in ((id_key, seg.id), ("url", seg.url), ("path", seg.path), ("base64", seg.base64)):
+    sources = ((id_key, seg.id), ("url", seg.url), ("path", seg.path), ("base64", _plain_base64(seg.base64)))
+    for key, value in sources:
         if value:
             return {"type": kind, key: value}
     return None

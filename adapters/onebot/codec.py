@@ -202,6 +202,17 @@ def _image(d: _Data, depth: int) -> Image:
     )
 
 
+def _record(d: _Data, depth: int) -> Voice:
+    # NapCat, LLOneBot and go-cqhttp put a download URL in `url` and a file name in `file`; some implementations
+    # (and the bot's own echoed messages) carry the voice itself in `file` as base64:// or as an http(s) URL.
+    file, url = _str(d, "file"), _str(d, "url")
+    if file.startswith("base64://"):
+        return Voice(url=url, base64=file.removeprefix("base64://"))
+    if not url and file.startswith(("http://", "https://")):
+        url = file
+    return Voice(id=file, url=url)
+
+
 def _at(d: _Data, depth: int) -> At | AtAll:
     qq = _str(d, "qq")
     if qq == "all":
@@ -332,7 +343,7 @@ _DECODERS: dict[str, Callable[[_Data, int], Segment]] = {
     "text": lambda d, depth: Text(_str(d, "text")),
     "face": _face,
     "image": _image,
-    "record": lambda d, depth: Voice(id=_str(d, "file"), url=_str(d, "url")),
+    "record": _record,
     "video": lambda d, depth: Video(
         id=_str(d, "file"),
         url=_str(d, "url"),

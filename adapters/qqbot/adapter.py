@@ -22,7 +22,7 @@ from adapters.qqbot.transports import GatewayShard, Webhook
 from core.backoff import Backoff
 from core.errors import ActionFailedError, AdapterError, NotConnectedError
 from core.event import ChatType, Target
-from core.message import Image, Message
+from core.message import Image, Message, Voice
 
 TOKEN_MARGIN = 60.0  # the platform only hands out a new token in the last 60 s of the old one
 SHARD_STAGGER = 5.0  # seed 002: shards must not all identify at once
@@ -30,6 +30,8 @@ RECONNECT_DELAYS = (1.0, 30.0)  # first and longest wait between a shard's attem
 REPLY_WINDOW = {ChatType.GROUP: 5 * 60.0, ChatType.PRIVATE: 60 * 60.0}
 MAX_REPLIES = 5  # passive replies per incoming message
 KNOWN_IDS = 4096
+# Rich media by kind: the upload's `file_type` (1 picture png/jpg, 3 voice silk) and the type it is served as.
+MEDIA_TYPES: dict[type, tuple[int, str]] = {Image: (1, "image/png"), Voice: (3, "audio/silk")}
 TOKEN_INVALID = 11241
 ERRORS = {
     22009: "the reply limit for this message is used up (5 replies per message)",
@@ -248,33 +250,54 @@ class QQBotAdapter(Adapter):
                 target.describe(),
             )
             return None
-        incoming.replies += 1
         kind, target_id = ("groups", target.group_id) if group else ("users", target.user_id)
-        image = next((seg for seg in message if isinstance(seg, Image)), None)
-        url = await self._picture_url(image) if image is not None else ""
-        if url:
-            media = {"file_type": 1, "url": url, "srv_send_msg": False}
-            upload = await self.api("POST", f"/v2/{kind}/{target_id}/files", media)
-            file_info = codec.text(codec.obj(upload).get("file_info"))
+        media = next((seg for seg in message if isinstance(seg, Image | Voice)), None)
+        file_info = await self._upload(kind, target_id, media) if media is not None else None
+        incoming.replies += 1
+        if file_info is not None:
             body = codec.media_reply(file_info, incoming.msg_id, incoming.replies)
         else:
             body = codec.text_reply(message, incoming.msg_id, incoming.replies)
         data = await self.api("POST", f"/v2/{kind}/{target_id}/messages", body)
         return codec.text(codec.obj(data).get("id")) or None
 
-    async def _picture_url(self, image: Image) -> str:
-        """A URL Tencent can fetch the picture from ("" when there is none: the text is sent instead)."""
-        if image.url.startswith(("http://", "https://")):
-            return image.url
+    async def _upload(self, kind: str, target_id: str, media: Image | Voice) -> str | None:
+        """The `file_info` of `media` uploaded for one target (Tencent fetches it from a URL).
+
+        A picture with no URL Tencent can reach gives None (its message goes out as text); a voice raises
+        AdapterError instead, as an upload the platform refuses does for both: its text is the caller's to send.
+        """
+        file_type, content_type = MEDIA_TYPES[type(media)]
         try:
-            if image.base64:
-                data = base64.b64decode(image.base64)
-            else:
-                data = await asyncio.to_thread(Path(image.path).read_bytes)
-            return await public_url(data, self._uploader, self._resources)
-        except (AdapterError, OSError, ValueError) as exc:
+            url = await self._public_url(media, content_type)
+        except AdapterError as exc:
+            if isinstance(media, Voice):
+                raise
             self.log.warning("a picture could not be sent: {}; sending text", exc)
-            return ""
+            return None
+        upload = await self.api(
+            "POST", f"/v2/{kind}/{target_id}/files", {"file_type": file_type, "url": url, "srv_send_msg": False}
+        )
+        return codec.text(codec.obj(upload).get("file_info"))
+
+    async def _public_url(self, media: Image | Voice, content_type: str) -> str:
+        """A URL Tencent can fetch `media` from: its own http(s) URL, else its bytes put where Tencent can reach
+        them (the resource server or the uploader). Raises AdapterError."""
+        if media.url.startswith(("http://", "https://")):
+            return media.url
+        try:
+            if media.base64:
+                data = base64.b64decode(media.base64.removeprefix("base64://"), validate=True)
+            else:
+                data = await asyncio.to_thread(Path(media.path).read_bytes)
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"no readable data ({type(exc).__name__})") from None
+        if not data:
+            raise AdapterError("no data")
+        try:
+            return await public_url(data, self._uploader, self._resources, content_type)
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"the uploader failed ({type(exc).__name__})") from None
 
 
 def _seconds(expires_in: object) -> float:

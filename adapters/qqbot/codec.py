@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.event import ChatType, MessageEvent
-from core.message import Image, Message, Quote, Segment, Text, describe
+from core.message import Image, Message, Quote, Segment, Text, Voice, describe
 
 GROUP_MESSAGE = "GROUP_AT_MESSAGE_CREATE"
 # Every group message, for bots granted it; addressed to the bot only when a mention says `is_you`.
@@ -155,9 +155,9 @@ def _content(content: str, attachments: object, mentions: dict[str, tuple[str, b
     if plain:
         segments.append(Text(plain))
     for attachment in attachments if isinstance(attachments, list) else ():
-        image = _image(attachment)
-        if image is not None:
-            segments.append(image)
+        media = _attachment(obj(attachment))
+        if media is not None:
+            segments.append(media)
     return segments
 
 
@@ -194,15 +194,25 @@ def _quote(data: dict[str, Any], mentions: dict[str, tuple[str, bool]]) -> Quote
     return None
 
 
-def _image(attachment: object) -> Image | None:
-    attachment = obj(attachment)
-    url = text(attachment.get("url"))
-    if not text(attachment.get("content_type")).startswith("image") or not url:
-        return None
-    # Attachment URLs sometimes come without a scheme, or protocol-relative (`//host/x`).
-    if url.startswith(("http://", "https://")):
-        return Image(url=url)
-    return Image(url="https://" + url.lstrip("/"))
+def _attachment(attachment: dict[str, Any]) -> Image | Voice | None:
+    """A picture or a voice attachment; None for other kinds (files, videos) and for one without a URL."""
+    kind = text(attachment.get("content_type"))
+    if kind.startswith("image"):
+        url = _https(text(attachment.get("url")))
+        return Image(url=url) if url else None
+    if kind == "voice" or kind.startswith("audio"):
+        # `voice_wav_url` is the platform's WAV rendering, readable without a silk decoder; `url` is the silk itself.
+        url = _https(text(attachment.get("voice_wav_url"))) or _https(text(attachment.get("url")))
+        return Voice(url=url) if url else None
+    return None
+
+
+def _https(url: str) -> str:
+    """`url` with a scheme: attachment URLs sometimes come without one, or protocol-relative (`//host/x`)."""
+    url = url.strip()
+    if not url or url.startswith(("http://", "https://")):
+        return url
+    return "https://" + url.lstrip("/")
 
 
 def unlinkable(value: str) -> str:

@@ -1,4 +1,4 @@
-"""Where pictures for the official QQ API live until Tencent has fetched them: a small file server,
+"""Where pictures and voices for the official QQ API live until Tencent has fetched them: a small file server,
 or the user's own uploader (`uploader = "module:function"`, e.g. for COS/OSS)."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from adapters.qqbot.settings import QQBotResourceSettings
 from core.errors import AdapterError, ConfigError
 
 Uploader = Callable[[bytes], Awaitable[str]]
+# File name endings by content type: Tencent needs none, but they tell a person reading the logs what was served.
+_SUFFIXES = {"image/png": ".png", "audio/silk": ".silk"}
 
 
 def load_uploader(spec: str) -> Uploader:
@@ -43,7 +45,7 @@ class ResourceServer:
         app = listener_app(max_body=1024)  # Tencent only GETs: no request needs a body
         app.router.add_get(self.settings.resource_path.rstrip("/") + "/{name}", self._serve)
         self._runner, self.port = await listen(app, self.settings.host, self.settings.port)
-        logger.bind(adapter="qqbot").info("serving pictures for Tencent at {}", self.settings.public_url)
+        logger.bind(adapter="qqbot").info("serving pictures and voices for Tencent at {}", self.settings.public_url)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -52,7 +54,7 @@ class ResourceServer:
     def put(self, data: bytes, content_type: str = "image/png") -> str:
         """Keep `data` for a while; the public URL Tencent fetches it from."""
         self._expire()
-        name = secrets.token_urlsafe(16) + (".png" if content_type == "image/png" else "")
+        name = secrets.token_urlsafe(16) + _SUFFIXES.get(content_type, "")
         self.files[name] = (data, time.monotonic() + self.settings.keep_seconds, content_type)
         return f"{self.settings.public_url.rstrip('/')}{self.settings.resource_path.rstrip('/')}/{name}"
 
@@ -69,10 +71,12 @@ class ResourceServer:
         return web.Response(body=entry[0], content_type=entry[2])
 
 
-async def public_url(data: bytes, uploader: Uploader | None, server: ResourceServer | None) -> str:
-    """A URL Tencent can fetch `data` from. Raises AdapterError when neither way is configured."""
+async def public_url(
+    data: bytes, uploader: Uploader | None, server: ResourceServer | None, content_type: str = "image/png"
+) -> str:
+    """A URL Tencent can fetch `data` (of `content_type`) from. Raises AdapterError when neither way is configured."""
     if uploader is not None:
         return await uploader(data)
     if server is not None:
-        return server.put(data)
-    raise AdapterError("pictures need [qqbot.resource] public_url or [qqbot] uploader")
+        return server.put(data, content_type)
+    raise AdapterError("pictures and voices need [qqbot.resource] public_url or [qqbot] uploader")

@@ -580,7 +580,7 @@ _IMAGE_MIME = (
 )
 _AUDIO_MIME = (
     ("IyFTSUxL", "audio/silk"),
-    ("AiMhU0lMSw", "audio/silk"),  # Tencent's silk has a 0x02 byte before "#!SILK"
+    ("AiMhU0lMS", "audio/silk"),  # Tencent's silk has a 0x02 byte before "#!SILK" (its 9th character is shared)
     ("IyFBTVI", "audio/amr"),
     ("SUQz", "audio/mpeg"),
     ("T2dnUw", "audio/ogg"),

@@ -17,7 +17,7 @@ from typing import Any
 from adapters.base import Adapter, EventSink
 from adapters.media import data_uri
 from core.event import ChatType, MessageEvent, Target
-from core.message import Image, Message, Text, describe
+from core.message import Image, Message, Text, Voice, describe
 
 OWNER = "console"  # the same user as the terminal chat
 FOLLOWER_QUEUE = 256  # events held for one slow page; the oldest go first
@@ -31,6 +31,7 @@ class WebChatAdapter(Adapter):
     max_text_length = 100_000
     counts_for_health = False
     wants_drafts = True
+    voice_format = "mp3"  # the chat page plays voices in an <audio> element
 
     def __init__(self, instance: str, settings: Any, sink: EventSink) -> None:
         super().__init__(instance, settings, sink)
@@ -91,9 +92,10 @@ class WebChatAdapter(Adapter):
             queue.put_nowait(event)
 
     async def _send(self, target: Target, message: Message, quote: str | None) -> str | None:
-        images = [uri for seg in message if isinstance(seg, Image) and (uri := await _image_uri(seg))]
-        text = describe(tuple(seg for seg in message if not isinstance(seg, Image)))
-        self._publish("message", {"reply_to": target.message_id, "text": text, "images": images})
+        images = [uri for seg in message if isinstance(seg, Image) and (uri := await _media_uri(seg, "image/png"))]
+        voices = [uri for seg in message if isinstance(seg, Voice) and (uri := await _media_uri(seg, "audio/mpeg"))]
+        text = describe(tuple(seg for seg in message if not isinstance(seg, Image | Voice)))
+        self._publish("message", {"reply_to": target.message_id, "text": text, "images": images, "voices": voices})
         return None
 
     async def draft(self, event: MessageEvent, text: str) -> None:
@@ -103,7 +105,7 @@ class WebChatAdapter(Adapter):
         self._publish("done", {"reply_to": event.message_id})
 
 
-async def _image_uri(image: Image) -> str:
-    """Something an <img> on the page can show: a data URI, or the picture's http(s) URL ("" otherwise)."""
-    found = await data_uri(image, "image/png")
+async def _media_uri(media: Image | Voice, mime: str) -> str:
+    """Something an <img> or <audio> on the page can use: a data URI, or an http(s) URL ("" otherwise)."""
+    found = await data_uri(media, mime)
     return found if found.startswith(("data:", "http://", "https://")) else ""

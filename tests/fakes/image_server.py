@@ -1,4 +1,5 @@
-"""A fake QQ image server on 127.0.0.1: real tiny images, oversized, slow, broken and redirecting answers."""
+"""A fake QQ media server on 127.0.0.1: real tiny images, oversized, slow, broken and redirecting answers, and any
+file a test puts there (a voice message, say) at `/files/<name>`."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class FakeImageServer:
         self.streamed: Counter[str] = Counter()
         self.stream_completed: dict[str, bool] = {}
         self.stream_ended: dict[str, asyncio.Event] = {}
+        self.files: dict[str, tuple[bytes, str]] = {}
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -69,6 +71,7 @@ class FakeImageServer:
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/redirect-file", self._redirect_file)
         app.router.add_get("/redirect-loop", self._redirect_loop)
+        app.router.add_get("/files/{name}", self._file)
         # Cancelling handlers on disconnect is what lets `/slow.png` and the streams end promptly.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -82,6 +85,17 @@ class FakeImageServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Serve `data` at `/files/<name>` (QQ's servers label voices octet-stream); returns its URL."""
+        self.files[name] = (data, content_type)
+        return f"{self.base_url}/files/{name}"
+
+    async def _file(self, request: web.Request) -> web.Response:
+        entry = self.files.get(request.match_info["name"])
+        if entry is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(body=entry[0], content_type=entry[1])
 
     async def _png(self, request: web.Request) -> web.Response:
         return web.Response(body=PNG_BYTES, content_type="image/png")

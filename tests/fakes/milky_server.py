@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import itertools
@@ -40,6 +41,22 @@ def sent_text(call: dict[str, Any]) -> str:
     return "".join(
         str((s.get("data") or {}).get("text", "")) for s in segments if isinstance(s, dict) and s.get("type") == "text"
     )
+
+
+def sent_voices(call: dict[str, Any]) -> list[bytes]:
+    """The bytes of every outgoing `record` segment of a recorded send call whose `uri` is inline (`base64://`)."""
+    segments = call["params"].get("message")
+    uris = [
+        str((s.get("data") or {}).get("uri", ""))
+        for s in (segments if isinstance(segments, list) else [])
+        if isinstance(s, dict) and s.get("type") == "record"
+    ]
+    return [base64.b64decode(uri.removeprefix("base64://")) for uri in uris if uri.startswith("base64://")]
+
+
+def record_segment(temp_url: str, duration: int = 0) -> dict[str, Any]:
+    """A received voice as Milky sends it: a resource id, a temporary download URL and the length in seconds."""
+    return {"type": "record", "data": {"resource_id": "rec-1", "temp_url": temp_url, "duration": duration}}
 
 
 def _uin(value: Any) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 from typing import Any
@@ -132,6 +133,29 @@ def sent_text(command: dict[str, Any]) -> str:
     """The Plain text of a send command's messageChain ("" for other commands)."""
     chain = command.get("content", {}).get("messageChain", [])
     return "".join(element.get("text", "") for element in chain if element.get("type") == "Plain")
+
+
+def sent_voices(command: dict[str, Any]) -> list[bytes]:
+    """The bytes of every inline (`base64`) Voice element of a send command's messageChain."""
+    chain = command.get("content", {}).get("messageChain", [])
+    return [base64.b64decode(el["base64"]) for el in chain if el.get("type") == "Voice" and el.get("base64")]
+
+
+def friend_voice(user: int, message_id: int, url: str = "", data: bytes = b"", length: int = 0) -> dict[str, Any]:
+    """A FriendMessage holding one voice, as mirai-api-http sends it: a download `url`, or the bytes in `base64`."""
+    voice = {
+        "type": "Voice",
+        "voiceId": "23C477720A37FEB6A9EE4BCCF654014F.amr",
+        "url": url or None,
+        "path": None,
+        "base64": base64.b64encode(data).decode() if data else None,
+        "length": length,
+    }
+    return {
+        "type": "FriendMessage",
+        "sender": {"id": user, "nickname": "friend", "remark": ""},
+        "messageChain": [{"type": "Source", "id": message_id, "time": 1700000000}, voice],
+    }
 
 
 def friend_message(user: int, text: str, message_id: int, nickname: str = "friend") -> dict[str, Any]:

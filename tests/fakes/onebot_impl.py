@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -96,6 +97,30 @@ def sent_text(action: dict[str, Any]) -> str:
     """The plain text of a recorded send action's `message` param."""
     segments = as_segments(action["params"].get("message"))
     return "".join(str((s.get("data") or {}).get("text", "")) for s in segments if s.get("type") == "text")
+
+
+def sent_voices(action: dict[str, Any]) -> list[bytes]:
+    """The bytes of every `record` segment of a recorded send action whose `file` is inline (`base64://`)."""
+    files = [
+        str((s.get("data") or {}).get("file", ""))
+        for s in as_segments(action["params"].get("message"))
+        if s.get("type") == "record"
+    ]
+    return [base64.b64decode(f.removeprefix("base64://")) for f in files if f.startswith("base64://")]
+
+
+def record_segment(url: str, size: int = 0) -> dict[str, Any]:
+    """A received voice as NapCat sends it: a file name, NapCat's local path, the download `url` and the size."""
+    name = "5E8A0B2C7D3F4E1A9B6C.amr"
+    return {
+        "type": "record",
+        "data": {
+            "file": name,
+            "path": f"/root/.config/QQ/nt_qq/nt_data/Ptt/{name}",
+            "url": url,
+            "file_size": str(size),
+        },
+    }
 
 
 def _int(value: Any) -> int | None:

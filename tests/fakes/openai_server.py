@@ -1,17 +1,21 @@
-"""A scriptable fake OpenAI-compatible chat completions server on 127.0.0.1 for tests and benchmarks."""
+"""A scriptable fake OpenAI-compatible server (chat, images, audio) on 127.0.0.1 for tests and benchmarks."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
+import io
 import json
 import math
 import time
+import wave
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import av
 from aiohttp import web
 
 from tests.fakes.image_server import tiny_png
@@ -54,7 +58,9 @@ def echo_last_user(body: dict[str, Any]) -> str:
 
 
 class FakeOpenAI:
-    """`POST /v1/chat/completions`, JSON and SSE, with planned failures, hangs and latency.
+    """`POST /v1/chat/completions`, JSON and SSE, with planned failures, hangs and latency; also
+    `/v1/images/generations`, `/v1/audio/transcriptions` (answers `transcript`) and `/v1/audio/speech`
+    (a tone of `speech_seconds(input)`), which honour `fail_key`, `fail_next` and `hang_next` too.
 
     Scripting: `fail_next(status, times, retry_after)` and `hang_next(times)` queue behaviours used
     by the next requests in order; `fail_key(api_key, status)` makes one key always fail (checked
@@ -93,6 +99,9 @@ class FakeOpenAI:
         self.peak_in_flight = 0
         self.image_requests: list[dict[str, Any]] = []
         self.image_format = "b64_json"  # or "url": how /images/generations answers
+        self.transcript = "你好"  # what /audio/transcriptions hears in any upload
+        self.transcription_requests: list[dict[str, Any]] = []  # model, language, file (bytes), authorization
+        self.speech_requests: list[dict[str, Any]] = []  # the JSON body and the authorization
         self.record = True  # benchmarks turn this off so memory stays flat
         self.requests: list[dict[str, Any]] = []
         self.key_failures: dict[str, int] = {}
@@ -129,6 +138,8 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_get("/files/drawn.png", self._drawn_file)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/v1/audio/speech", self._speech)
         # handler_cancellation: a hung handler ends when the client hangs up, so stop() is quick
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -327,8 +338,95 @@ class FakeOpenAI:
     async def _drawn_file(self, request: web.Request) -> web.Response:
         return web.Response(body=TINY_PNG, content_type="image/png")
 
+    async def _planned_or_refused(self, authorization: str) -> web.Response | None:
+        """The answer a failing key or a queued plan (error or hang) asks for, else None."""
+        key = authorization.removeprefix("Bearer ")
+        if key in self.key_failures:
+            return _error(self.key_failures[key], f"Incorrect API key provided: {key}.")
+        if self._plans:
+            plan = self._plans.popleft()
+            if plan.status == 0:
+                await self._stopping.wait()
+                return _error(503, "The server is shutting down.")
+            return _error(plan.status, plan.message or f"Planned failure {plan.status}.", plan.retry_after)
+        return None
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        """`POST /v1/audio/transcriptions` (multipart): records the upload and answers `transcript`."""
+        authorization = request.headers.get("Authorization", "")
+        try:
+            form = await request.post()
+        except ValueError:
+            return _error(400, "Could not parse multipart form.")
+        upload = form.get("file")
+        file = upload.file.read() if isinstance(upload, web.FileField) else b""
+        self.transcription_requests.append(
+            {
+                "model": form.get("model"),
+                "language": form.get("language"),
+                "response_format": form.get("response_format"),
+                "file": file,
+                "filename": upload.filename if isinstance(upload, web.FileField) else "",
+                "authorization": authorization,
+            }
+        )
+        refused = await self._planned_or_refused(authorization)
+        if refused is not None:
+            return refused
+        if not file or not form.get("model"):
+            return _error(400, "'file' and 'model' are required.")
+        return web.json_response({"text": self.transcript})
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        """`POST /v1/audio/speech` (JSON): a tone of `speech_seconds(input)` in the requested format."""
+        authorization = request.headers.get("Authorization", "")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "We could not parse the JSON body of your request.")
+        self.speech_requests.append({"body": body, "authorization": authorization})
+        refused = await self._planned_or_refused(authorization)
+        if refused is not None:
+            return refused
+        if not isinstance(body, dict) or not isinstance(body.get("input"), str) or not body.get("model"):
+            return _error(400, "'input' and 'model' are required properties.")
+        fmt = body.get("response_format", "mp3")
+        if fmt not in ("mp3", "wav"):
+            return _error(400, f"response_format {fmt!r} is not supported by the fake.")
+        audio = await asyncio.to_thread(tone_file, speech_seconds(body["input"]), fmt)
+        return web.Response(body=audio, content_type="audio/mpeg" if fmt == "mp3" else "audio/wav")
+
 
 TINY_PNG = tiny_png()
+SPEECH_RATE = 24_000
+
+
+def speech_seconds(text: str) -> float:
+    """How long the fake's speech for `text` plays: 0.08 s a character, at least 0.3 s."""
+    return max(0.3, 0.08 * len(text))
+
+
+def tone_file(seconds: float, fmt: str, frequency: float = 330.0) -> bytes:
+    """A sine tone of `seconds` as a WAV or MP3 file (FFmpeg's encoder through PyAV for MP3)."""
+    count = int(seconds * SPEECH_RATE)
+    samples = array.array("h", (int(10000 * math.sin(2 * math.pi * frequency * n / SPEECH_RATE)) for n in range(count)))
+    if fmt == "wav":
+        output = io.BytesIO()
+        with wave.open(output, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(SPEECH_RATE)
+            wav.writeframes(samples.tobytes())
+        return output.getvalue()
+    output = io.BytesIO()
+    with av.open(output, mode="w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=SPEECH_RATE, layout="mono")
+        frame = av.AudioFrame(format="s16", layout="mono", samples=count)
+        frame.planes[0].update(samples.tobytes())
+        frame.sample_rate = SPEECH_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return output.getvalue()
 
 
 def _usage(messages: list[Any], text: str, per_char: float) -> dict[str, int]:

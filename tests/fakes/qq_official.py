@@ -73,6 +73,15 @@ def _dumps(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False)
 
 
+def voice_attachment(url: str, wav_url: str = "", asr_text: str = "") -> Json:
+    """A voice attachment as the platform sends it: `url` is the silk, `voice_wav_url` the same voice as WAV."""
+    attachment: Json = {"content_type": "voice", "filename": "voice.amr", "size": 0, "url": url}
+    if wav_url:
+        attachment["voice_wav_url"] = wav_url
+    attachment["asr_refer_text"] = asr_text
+    return attachment
+
+
 def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status, dumps=_dumps)
 
@@ -395,14 +404,18 @@ class FakeQQ:
             self._changed.notify_all()
         return web.json_response(answer)
 
-    async def _fetch(self, url: str) -> tuple[int | None, int]:
-        """GET the media like Tencent does: (HTTP status or None when unreachable, body size)."""
+    async def _fetch(self, url: str) -> tuple[int | None, bytes]:
+        """GET the media like Tencent does: (HTTP status or None when unreachable, the body)."""
         timeout = aiohttp.ClientTimeout(total=self.fetch_timeout)
         try:
             async with self._session_client().get(url, timeout=timeout) as response:
-                return response.status, len(await response.read())
+                return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None, 0
+            return None, b""
+
+    def fetched(self, file_type: int) -> list[bytes]:
+        """What Tencent fetched for every successful upload of `file_type` (1 picture, 3 voice), in order."""
+        return [u["data"] for u in self.uploads if u["ok"] and u["body"].get("file_type") == file_type]
 
     async def _upload(self, request: web.Request) -> web.Response:
         refusal = self._authorize(request)
@@ -417,11 +430,11 @@ class FakeQQ:
         if srv_send and not self.allow_active:  # sending directly counts as an active message
             return _error(400, CODE_LIMIT, "msg limit exceed")
         url = body.get("url")
-        status, size = await self._fetch(url) if isinstance(url, str) else (None, 0)
-        ok = status is not None and 200 <= status < 300 and size > 0
+        status, data = await self._fetch(url) if isinstance(url, str) else (None, b"")
+        ok = status is not None and 200 <= status < 300 and len(data) > 0
         record = {"path": request.path, "scope": scope, "target": target, "body": body, "url": url}
         async with self._changed:
-            self.uploads.append({**record, "status": status, "size": size, "ok": ok})
+            self.uploads.append({**record, "status": status, "size": len(data), "data": data, "ok": ok})
             self._changed.notify_all()
         if not ok:
             return _error(400, CODE_MEDIA_FETCH, "富媒体文件下载失败")

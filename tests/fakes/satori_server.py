@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
+import html
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +24,28 @@ CLOSE_INVALID_MESSAGE = 4000  # the reference servers' code for a frame that is 
 CLOSE_INVALID_TOKEN = 4004
 # The spec gives no code for a client that never identifies; the fake reuses "invalid message" for it.
 CLOSE_IDENTIFY_TIMEOUT = 4000
+
+
+_AUDIO = re.compile(r"<audio\s[^>]*?src=\"([^\"]*)\"")
+
+
+def sent_voices(call: Json) -> list[bytes]:
+    """The bytes of every `<audio>` element of a recorded message.create whose src is a base64 data: URI."""
+    content = call["body"].get("content")
+    sources = [html.unescape(src) for src in _AUDIO.findall(content if isinstance(content, str) else "")]
+    return [base64.b64decode(src.split(",", 1)[1]) for src in sources if src.startswith("data:") and "," in src]
+
+
+def sent_audio_types(call: Json) -> list[str]:
+    """The MIME type of every `<audio>` data: URI of a recorded message.create."""
+    content = call["body"].get("content")
+    sources = [html.unescape(src) for src in _AUDIO.findall(content if isinstance(content, str) else "")]
+    return [src[5:].split(";", 1)[0] for src in sources if src.startswith("data:")]
+
+
+def audio_element(src: str) -> str:
+    """A received voice as LLOneBot writes it in message content."""
+    return f'<audio src="{html.escape(src, quote=True)}"/>'
 
 
 def _now_ms() -> int:

@@ -172,7 +172,7 @@ class Guard:
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault(
             "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+            "default-src 'self'; img-src 'self' data: blob:; media-src 'self' data:; style-src 'self' 'unsafe-inline'; "
             "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
         )
         if not request.path.startswith("/static/"):

@@ -32,6 +32,12 @@
       img.alt = "图片 image";
       div.appendChild(img);
     });
+    (data.voices || []).forEach(function (src) {
+      var audio = document.createElement("audio");
+      audio.controls = true;
+      audio.src = src;
+      div.appendChild(audio);
+    });
     if (drafts[data.reply_to]) {
       // the real reply is shown when the answer is done; until then the draft stays the live view
       div.hidden = true;

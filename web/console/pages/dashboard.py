@@ -37,4 +37,24 @@ def _facts(console: Console) -> dict[str, Any]:
         "answered_today": sum(ok + failed for _, ok, failed in hours),
         # for the chart (web/static/dashboard.js): [hour starts], [ok answers], [failed answers]
         "chart": json.dumps([[h for h, _, _ in hours], [ok for _, ok, _ in hours], [f for _, _, f in hours]]),
+        "voice": _voice_rows(bot.manager.voice.health()),
     }
+
+
+VOICE_TITLES = {"stt": "语音识别 STT", "tts": "语音合成 TTS"}
+
+
+def _voice_rows(health: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Speech to text and text to speech, as table rows; none while both are off."""
+    if not any(part["enabled"] for part in health.values()):
+        return []
+    return [
+        {
+            **part,
+            "kind": kind,
+            "title": VOICE_TITLES[kind],
+            "healthy": part["last_failed_at"] <= part["last_ok_at"],
+            "latency_ms": part["last_latency_ms"] if part["ok"] or part["failed"] else None,
+        }
+        for kind, part in health.items()
+    ]

@@ -37,6 +37,7 @@ from tests.fakes.qq_official import FakeQQ, voice_attachment
 from tests.fakes.satori_server import FakeSatori, audio_element
 from tests.fakes.satori_server import sent_voices as satori_voices
 from voice.codec import PCM_RATE, pcm_to_silk, seconds, sniff, to_pcm
+from voice.text import speakable
 from voice.voices import OPENAI_VOICES
 
 USER = 20001
@@ -548,3 +549,52 @@ async def test_group_voice_is_transcribed_when_no_mention_is_required(start: Sta
     assert len(fake_llm.transcription_requests) == 1
     assert MARK + fake_llm.transcript in last_user_content(fake_llm)
     assert peer.texts() == [f"echo: {MARK}{fake_llm.transcript}"]
+
+
+# --- 7. how much is spoken, where it is stored, platforms without voice ---------------------------------------
+
+
+async def test_a_long_answer_is_spoken_up_to_the_cap_and_the_rest_is_text(start: Start, fake_llm: FakeOpenAI) -> None:
+    first, second = "第一句话比较短。", "第二句话就不会读出来了，它作为文字发送。"
+    fake_llm.reply_fn = lambda body: first + second
+    peer = await start("mirai", config("voice", tts_max_chars=12))
+    await peer.text("讲长一点")
+    await answered(peer, texts=1, voices=1)
+    [speech] = fake_llm.speech_requests
+    assert speech["body"]["input"] == first  # cut at the sentence end within the cap
+    assert_spoken_answer(peer.voices()[0], fake_llm)
+    assert peer.texts() == [second]
+
+
+async def test_the_transcript_is_stored_as_the_users_turn(start: Start, fake_llm: FakeOpenAI) -> None:
+    fake_llm.transcript = "记住我的名字是小明"
+    peer = await start("onebot", config("off"))
+    await peer.voice(SILK)
+    await answered(peer, texts=1)
+    turns = await peer.app.store.window(f"qq:private:{USER}", 10_000)
+    assert [turn.role for turn in turns] == ["user", "assistant"]
+    assert turns[0].content == MARK + fake_llm.transcript
+
+
+async def test_a_platform_without_voice_gets_text_and_one_log_line(
+    start: Start, fake_llm: FakeOpenAI, log_lines: list[str]
+) -> None:
+    peer = await start("mirai", config("voice"))
+    peer.app.adapters["mirai"].voice_format = ""  # type: ignore[misc]  # as the terminal console is
+    await peer.text("你好")
+    await answered(peer, texts=1)
+    assert peer.voices() == [] and fake_llm.speech_requests == []
+    assert sum("cannot send voice messages" in line for line in log_lines) == 1
+
+
+async def test_streamed_parts_go_out_early_and_the_voice_follows(start: Start, fake_llm: FakeOpenAI) -> None:
+    fake_llm.reply_fn = lambda body: "第一段。\n\n第二段。"
+    fake_llm.chunk_chars, fake_llm.chunk_delay = 2, 0.05
+    tables = config("both") | {"openai": {"gpt_params": {"stream": True}}}
+    tables["response"] |= {"buffer_delay": 0.1}
+    peer = await start("mirai", tables)
+    await peer.text("分段回答")
+    await answered(peer, texts=2, voices=1)
+    assert "\n\n".join(peer.texts()) == "第一段。\n\n第二段。"  # both parts as text, the first one early
+    [speech] = fake_llm.speech_requests
+    assert speech["body"]["input"] == speakable("第一段。\n\n第二段。")  # the whole answer spoken after them

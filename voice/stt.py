@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -62,14 +63,35 @@ def resolve_connection(own_key: SecretStr, own_endpoint: str, account_name: str,
     return Connection(api_key=key, endpoint=endpoint, proxy=account.proxy if account and uses_account else "")
 
 
-def build_client(connection: Connection, timeout: float) -> AsyncOpenAI:
-    """The chat client's recipe (llm.openai_compat.build_client) for a voice endpoint: one try, since a
-    voice answer that waits for retries is worse than a text one. Raises VoiceError("bad_request")
-    for an unusable proxy or endpoint setting."""
-    try:
-        return openai_client(connection.api_key.get_secret_value(), connection.endpoint, connection.proxy, timeout)
-    except ClientSetupError as exc:
-        raise VoiceError("bad_request", str(exc)) from None
+class AudioClient:
+    """The SDK client of one voice endpoint (`[voice] stt_*` or `tts_*`), built on first use with the chat
+    client's recipe (llm.openai_compat.build_client), one try only: a voice answer that waits for
+    retries is worse than a text one."""
+
+    def __init__(self, connection: Callable[[], Connection], timeout: float, what: str) -> None:
+        self._connection = connection
+        self._timeout = timeout
+        self._what = what
+        self._client: AsyncOpenAI | None = None
+
+    def get(self) -> AsyncOpenAI:
+        """The client; raises VoiceError("bad_request") for an unusable account, proxy or endpoint setting."""
+        if self._client is None:
+            connection = self._connection()
+            key = connection.api_key.get_secret_value()
+            try:
+                self._client = openai_client(key, connection.endpoint, connection.proxy, self._timeout)
+            except ClientSetupError as exc:
+                raise VoiceError("bad_request", str(exc)) from None
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception as exc:  # closing must not fail a reload or shutdown
+                log.debug("closing the {} client failed: {}", self._what, type(exc).__name__)
 
 
 def error_of(exc: BaseException) -> VoiceError:
@@ -87,7 +109,11 @@ class Transcriber:
     def __init__(self, voice: VoiceSettings, openai: OpenAISettings) -> None:
         self._voice = voice
         self._openai = openai
-        self._client: AsyncOpenAI | None = None
+        self._client = AudioClient(
+            lambda: resolve_connection(voice.stt_api_key, voice.stt_api_endpoint, voice.stt_account, openai),
+            voice.stt_timeout,
+            "transcription",
+        )
 
     @property
     def model(self) -> str:
@@ -111,7 +137,7 @@ class Transcriber:
 
     async def _request(self, wav: bytes) -> str:
         language = self._voice.stt_language
-        result = await self._get_client().audio.transcriptions.create(
+        result = await self._client.get().audio.transcriptions.create(
             model=self._voice.stt_model,
             file=("voice.wav", wav, "audio/wav"),
             response_format="json",
@@ -120,20 +146,8 @@ class Transcriber:
         text = getattr(result, "text", result)
         return text.strip() if isinstance(text, str) else ""
 
-    def _get_client(self) -> AsyncOpenAI:
-        if self._client is None:
-            voice = self._voice
-            connection = resolve_connection(voice.stt_api_key, voice.stt_api_endpoint, voice.stt_account, self._openai)
-            self._client = build_client(connection, voice.stt_timeout)
-        return self._client
-
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception as exc:  # closing must not fail a reload or shutdown
-                log.debug("closing the transcription client failed: {}", type(exc).__name__)
+        await self._client.close()
 
 
 def _as_wav(audio: bytes) -> bytes:

@@ -11,12 +11,11 @@ import aiohttp
 import edge_tts
 from edge_tts import exceptions as edge_errors
 from loguru import logger
-from openai import AsyncOpenAI
 
 from core.config import OpenAISettings, VoiceSettings
 from voice import voices
 from voice.errors import VoiceError
-from voice.stt import build_client, error_of, resolve_connection
+from voice.stt import AudioClient, error_of, resolve_connection
 
 log = logger.bind(adapter="voice")
 
@@ -54,7 +53,11 @@ class OpenAISpeaker:
         self._voice = voice
         self._openai = openai
         self.default_voice = voice.tts_voice or voices.OPENAI_DEFAULT
-        self._client: AsyncOpenAI | None = None
+        self._client = AudioClient(
+            lambda: resolve_connection(voice.tts_api_key, voice.tts_api_endpoint, voice.tts_account, openai),
+            voice.tts_timeout,
+            "speech",
+        )
 
     @property
     def model(self) -> str:
@@ -67,7 +70,7 @@ class OpenAISpeaker:
         settings = self._voice
         try:
             async with asyncio.timeout(settings.tts_timeout):
-                response = await self._get_client().audio.speech.create(
+                response = await self._client.get().audio.speech.create(
                     model=settings.tts_model,
                     input=text,
                     voice=voice or self.default_voice,
@@ -83,20 +86,8 @@ class OpenAISpeaker:
             raise VoiceError("empty", "the speech endpoint sent no audio")
         return audio
 
-    def _get_client(self) -> AsyncOpenAI:
-        if self._client is None:
-            voice = self._voice
-            connection = resolve_connection(voice.tts_api_key, voice.tts_api_endpoint, voice.tts_account, self._openai)
-            self._client = build_client(connection, voice.tts_timeout)
-        return self._client
-
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception as exc:  # closing must not fail a reload or shutdown
-                log.debug("closing the speech client failed: {}", type(exc).__name__)
+        await self._client.close()
 
 
 class EdgeSpeaker:

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -20,6 +20,9 @@ from core.errors import BotError, ConfigError
 from core.log import setup_logging
 from core.loop import quiet_repeated_loop_errors
 from core.metrics import Metrics
+
+if TYPE_CHECKING:
+    from tools.mcp import MCPTools
 
 EXIT_CONFIG = 2
 EXIT_START = 1
@@ -39,6 +42,7 @@ class App:
         self.all_stopped = asyncio.Event()
         self.stopped_reason = ""
         self.ready = False  # every part exists (the web console waits for this)
+        self.mcp: MCPTools | None = None
         self.metrics = Metrics()
         self.metrics.links = lambda: [
             (status.instance, link.name, link.healthy) for status in self.statuses() for link in status.links
@@ -88,6 +92,7 @@ class App:
         self.manager.seen = await SqlSeenEvents.open(self.store.engine)
         self._closers.insert(1, ("seen events", self.manager.seen.close))
         self.manager.adapters = self.adapters
+        await self._start_mcp(settings)
         if settings.web.enable and settings.web.console and not self.console:
             from adapters.webchat.adapter import WebChatAdapter
 
@@ -95,6 +100,24 @@ class App:
         self.ready = True
         for instance, (name, section) in self._platforms(settings).items():
             await self._start_adapter(instance, name, section)
+
+    async def _start_mcp(self, settings: Settings) -> None:
+        """The MCP servers of `[[mcp.servers]]` (with `[tools] enable`), started in the background: a
+        broken one is logged and retried, never fatal."""
+        if not (settings.tools.enable and any(server.enable for server in settings.mcp.servers)):
+            self.manager.toolbox.mcp = None
+            return
+        from tools.mcp import MCPTools
+
+        self.mcp = MCPTools([server for server in settings.mcp.servers if server.enable])
+        await self.mcp.start()
+        self.manager.toolbox.mcp = self.mcp
+
+    async def _stop_mcp(self) -> None:
+        if self.mcp is not None:
+            mcp, self.mcp = self.mcp, None
+            self.manager.toolbox.mcp = None
+            await mcp.stop()  # its child processes end with it
 
     def _platforms(self, settings: Settings) -> dict[str, tuple[str, Any]]:
         """instance name -> (adapter name, its config section), e.g. "mirai", "mirai#2"."""
@@ -130,13 +153,16 @@ class App:
         for warning in fresh.warnings:
             logger.warning(warning)
         old_platforms, new_platforms = self._platforms(self.settings), self._platforms(fresh)
-        self.settings = fresh
+        previous, self.settings = self.settings, fresh
         setup_logging(
             fresh.log.level, fresh.log.file, fresh.log.rotation, fresh.log.retention, secrets=collect_secrets(fresh)
         )
         self.model.reload(fresh.openai)
         self.presets.reload(fresh.presets)
         self.manager.apply(fresh)
+        if (fresh.tools.enable, fresh.mcp) != (previous.tools.enable, previous.mcp):
+            await self._stop_mcp()
+            await self._start_mcp(fresh)
         for instance, (name, section) in new_platforms.items():
             old = old_platforms.get(instance)
             if old is not None and old == (name, section):
@@ -157,6 +183,7 @@ class App:
     async def stop(self) -> None:
         """Close listeners and links first, then abandon in-flight work, then close the database."""
         await asyncio.gather(*(self._stop_adapter(a) for a in self.adapters.values()))
+        await self._stop_mcp()
         for what, close in self._closers:
             try:
                 await asyncio.wait_for(close(), STOP_SECONDS / 2)

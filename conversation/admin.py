@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from conversation.commands import CommandTable
 from conversation.job import Job
 from conversation.presets import PresetBook
-from storage.admin import DRAW, AdminStore
+from storage.admin import DRAW, TOOL, AdminStore
 
 SCOPES = {"好友": "user", "群组": "group", "成员": "member"}
 DEFAULT_WORDS = ("默认", "default")
@@ -28,6 +28,7 @@ class _Quota:
 
 MESSAGES = _Quota("", "额度", "条", "已使用")
 PICTURES = _Quota(DRAW, "画图额度", "个", "已画")
+TOOL_CALLS = _Quota(TOOL, "工具额度", "次", "已调用工具")
 
 
 class AdminCommands:
@@ -66,6 +67,18 @@ class AdminCommands:
             functools.partial(self.usage, quota=PICTURES),
             admin_only=True,
         )
+        # tool calls ([tools]): their own hourly limit; 工具 关闭 is a limit of 0 for the group
+        table.add_pattern(
+            rf"\.设置 ?({scopes}) ?(\S+?) ?工具额度为 ?(\d+) ?次/小时",
+            functools.partial(self.set_limit, quota=TOOL_CALLS),
+            admin_only=True,
+        )
+        table.add_pattern(
+            rf"\.查看 ?({scopes}) ?(\S+?) ?的工具使用情况",
+            functools.partial(self.usage, quota=TOOL_CALLS),
+            admin_only=True,
+        )
+        table.add_pattern(r"\.设置 ?群组 ?(\S+?) ?工具 ?(开启|关闭)", self.switch_tools, admin_only=True)
         table.add_words([".预设列表"], self.preset_list, admin_only=True)
         table.add_words([".重新加载配置文件"], self.reload, admin_only=True)
         table.add_pattern(r"\.拉黑 ?(\d+)(?: +(\d+))?", self.block, admin_only=True)
@@ -97,6 +110,17 @@ class AdminCommands:
         if limit is None:
             return f"{scope_word} {target} 没有{quota.name}限制（没有额度时不统计用量）。"
         return f"{scope_word} {target} 最近一小时{quota.used} {used} {quota.unit}，{quota.name} {shown}。"
+
+    async def switch_tools(self, job: Job, argument: str) -> str:
+        """Tools off in a group (a tool limit of 0) or back on (its own tool limit removed)."""
+        target, word = argument.split(" ")
+        target = "default" if target in DEFAULT_WORDS else target
+        who = "所有群" if target == "default" else f"群 {target} "
+        if word == "关闭":
+            await self.store.set_limit(TOOL + "group", target, 0)
+            return f"已关闭{who}的工具。"
+        await self.store.clear_limit(TOOL + "group", target)
+        return f"已开启{who}的工具（按工具额度和权限）。"
 
     async def preset_list(self, job: Job, _: str) -> str:
         names = self.presets.names()

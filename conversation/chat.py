@@ -14,7 +14,8 @@ from conversation.moderation import WordFilter
 from conversation.presets import PresetBook
 from conversation.replier import Outbox, Replier
 from conversation.sessions import SessionSettings
-from conversation.streaming import ParagraphStream
+from conversation.streaming import ParagraphStream, strip_reasoning
+from conversation.tools import ToolBox, ToolRun, history_turns, tools_switched_off
 from conversation.voice import SPOKEN_MARK, Speech, speech_for
 from core.config import Settings
 from core.errors import LLMError, StorageError
@@ -22,9 +23,10 @@ from core.event import MessageEvent
 from core.message import Image, Quote, describe
 from core.metrics import OK
 from core.tokens import Calibration, estimate_tokens
-from llm.base import ChatModel, ChatTurn, ReplyStopped
+from llm.base import ChatModel, ChatTurn, DeltaSink, LLMReply, ReplyStopped
 from llm.images import ImageFetcher
-from storage.base import HistoryStore
+from storage.admin import AdminStore
+from storage.base import HistoryStore, StoredTool
 
 QUOTE_CONTEXT_CHARS = 300
 # Ends the stored text of an answer whose stream broke after parts of it reached the user, so the
@@ -45,6 +47,8 @@ class ChatFlow:
         images: ImageFetcher,
         replier: Replier,
         words: WordFilter,
+        tools: ToolBox | None = None,
+        admin: AdminStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -54,6 +58,8 @@ class ChatFlow:
         self.images = images
         self.replier = replier
         self.words = words
+        self.tools = tools
+        self.admin = admin
         self.log = logger.bind(adapter="chat")
         # real tokens per estimated token, per model, learnt from the servers' reported usage
         self.calibration = Calibration()
@@ -107,10 +113,13 @@ class ChatFlow:
             budget = min(budget, self.settings.conversation.max_history_tokens)
         budget -= fixed
 
+        run: ToolRun | None = None
+
         async def save(text: str) -> bool:
             try:
                 now = time.time()
-                await self.store.append_exchange(job.session_key, user_text, text, now=now)
+                used: list[StoredTool] = run.stored if run is not None else []
+                await self.store.append_exchange(job.session_key, user_text, text, now=now, tools=used)
                 self.sessions.touched(job.session_key, now)
             except StorageError:
                 self.log.error("the answer to session {} could not be saved; sending it anyway", job.session_key)
@@ -120,11 +129,8 @@ class ChatFlow:
         speech = speech_for(self.settings, state, self.replier.default_voice)
         for attempt in (1, 2):
             history = await self.store.window(job.session_key, max(0, budget))
-            turns = [
-                *preset.dated_turns(),
-                *(ChatTurn(t.role, t.content) for t in history),  # type: ignore[arg-type]
-                ChatTurn("user", user_text, images),
-            ]
+            turns = [*preset.dated_turns(), *history_turns(history), ChatTurn("user", user_text, images)]
+            run = await self._tool_run(job)
             estimated = fixed + sum(turn.tokens for turn in history)
             # v2 sent the context minus the prompt as the completion limit; the backend applies the floor
             limit = params.max_tokens - math.ceil(estimated * ratio)
@@ -138,6 +144,7 @@ class ChatFlow:
                 limit,
                 0 if images else estimated,
                 speech,
+                run,
             )
             if failure != "context_length":
                 return failure or OK
@@ -160,6 +167,7 @@ class ChatFlow:
         reply_limit: int | None = None,
         estimated: int = 0,
         speech: Speech | None = None,
+        run: ToolRun | None = None,
     ) -> str | None:
         """Stream the answer out in parts and `save` it; the failure kind (after telling the user) or None.
 
@@ -169,7 +177,7 @@ class ChatFlow:
         smaller window first. An answer longer than `max_reply_chars` is cut there, its model call
         stopped. When a stream breaks after parts reached the user, those parts are saved, marked.
         `estimated` (the prompt's estimated tokens; 0 to skip) calibrates against reported usage.
-        With `speech` the answer is also (or, `only`, instead) spoken.
+        With `speech` the answer is also (or, `only`, instead) spoken; with `run` the model may call tools.
         """
         response = self.settings.response
         stream = ParagraphStream(
@@ -204,13 +212,11 @@ class ChatFlow:
             if capped:
                 raise ReplyStopped  # stops the model call: a looping model must not run on
 
-        call = asyncio.ensure_future(
-            self.model.complete(turns, model=model, account=account, on_delta=on_delta, max_reply_tokens=reply_limit)
-        )
+        call = asyncio.ensure_future(self._complete(turns, model, account, on_delta, reply_limit, run))
         try:
             done, _ = await asyncio.wait({call}, timeout=response.timeout)
             if not done and response.max_timeout > response.timeout:
-                if not outbox.sent:
+                if not outbox.sent and not (run is not None and run.notified):
                     await self.replier.send(job.event, response.timeout_format, True)
                 done, _ = await asyncio.wait({call}, timeout=response.max_timeout - response.timeout)
             if not done:
@@ -273,6 +279,41 @@ class ChatFlow:
             notes.append(response.not_saved)
         await outbox.add(last_parts, final=True, note="\n".join(notes))
         return None
+
+    async def _tool_run(self, job: Job) -> ToolRun | None:
+        """The tools this answer may use: none when tools are off, switched off where the sender is,
+        or none is allowed to them."""
+        if self.tools is None or self.admin is None or not self.tools.enabled:
+            return None
+        allowed = self.tools.allowed(job.event, job.admin)
+        if not allowed or await tools_switched_off(self.admin, job.event):
+            return None
+
+        async def notify(text: str) -> None:
+            await self.replier.send(job.event, text, True)
+
+        return ToolRun(allowed, job.event, self.admin, self.settings, notify)
+
+    async def _complete(
+        self,
+        turns: list[ChatTurn],
+        model: str | None,
+        account: str | None,
+        on_delta: DeltaSink,
+        reply_limit: int | None,
+        run: ToolRun | None,
+    ) -> LLMReply:
+        """The model's answer; while it asks for tools (and calls are left), their results go back to it."""
+        while True:
+            offer = run.specs if run is not None else []
+            reply = await self.model.complete(
+                turns, model=model, account=account, on_delta=on_delta, max_reply_tokens=reply_limit, tools=offer
+            )
+            if run is None or not offer or not reply.tool_calls:
+                return reply
+            # the model's own words before its calls go back without its reasoning (providers refuse that)
+            asked = ChatTurn("assistant", strip_reasoning(reply.text), tool_calls=reply.tool_calls)
+            turns = [*turns, asked, *await run.run(reply.tool_calls)]
 
     async def _keep_partial(self, job: Job, outbox: Outbox, save: Callable[[str], Awaitable[bool]], what: str) -> None:
         """Store the parts of an unfinished answer that reached the user, marked, so "继续" has context."""

@@ -12,6 +12,7 @@ from loguru import logger
 from conversation.job import Handler, Job, failure_text
 from conversation.presets import PresetBook
 from conversation.sessions import SessionSettings
+from conversation.tools import ToolBox
 from conversation.voice import OFF_WORDS, VOICE_OFF, speech_for
 from core.config import Settings, load_config
 from core.errors import ConfigError, LLMError
@@ -88,6 +89,7 @@ class SessionCommands:
         presets: PresetBook,
         stop_session: StopSession = _nothing_to_stop,
         voice: VoiceService | None = None,
+        tools: ToolBox | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -96,6 +98,7 @@ class SessionCommands:
         self.presets = presets
         self.stop_session = stop_session
         self.voice = voice
+        self.tools = tools
         # Whether `画` can work: only accounts with `image_model` draw (refreshed by the reload command).
         self.can_draw = any(account.image_model for account in settings.openai.accounts)
 
@@ -114,6 +117,7 @@ class SessionCommands:
         table.add_pattern(presets.command, self.load_preset)
         table.add_pattern(r"/preset (\S+)", self.load_preset)
         table.add_words(["预设列表", "/presets"], self.preset_list)
+        table.add_words(["工具列表", "/tools"], self.tool_list)
         table.add_pattern(trigger.switch_model, self.switch_model)
         table.add_pattern(trigger.switch_command, self.switch_account)
         table.add_pattern(trigger.switch_voice, self.switch_voice)
@@ -195,6 +199,16 @@ class SessionCommands:
         await self.sessions.update(job.session_key, preset=preset.name)
         return settings.loaded_successful
 
+    async def tool_list(self, job: Job, _: str) -> str:
+        """The tools the model may use when answering this sender, here."""
+        if self.tools is None or not self.tools.enabled:
+            return "没有启用工具（[tools] enable）。"
+        allowed = self.tools.allowed(job.event, job.admin)
+        if not allowed:
+            return "这里没有你可以使用的工具。"
+        lines = [f"{tool.spec.name}：{_first_line(tool.spec.description)}" for tool in allowed]
+        return "回答时可以使用这些工具：\n" + "\n".join(lines)
+
     async def preset_list(self, job: Job, _: str) -> str:
         settings = self.settings.presets
         if settings.hide and not job.admin:
@@ -225,6 +239,8 @@ class SessionCommands:
             lines.append("、".join(modes) + "：切换回复的形式（图文混合、图片或文字）")
         if self.speaks:
             lines.append("切换语音 <语音>：用这个语音回答；切换语音 关闭：不再用语音回答")
+        if self.tools is not None and self.tools.enabled:
+            lines.append("工具列表（/tools）：查看回答时可以使用的工具")
         if trigger.ping_command:
             lines.append(f"{trigger.ping_command[0]}：查看当前账号、模型、预设和语音")
         if trigger.prefix_image and self.can_draw:
@@ -235,6 +251,7 @@ class SessionCommands:
                 ".设置 群组|好友|成员 <号码|默认> 额度为 N 条/小时",
                 ".查看 群组|好友|成员 <号码|默认> 的使用情况",
                 ".设置 群组|好友|成员 <号码|默认> 画图额度为 N 个/小时（.查看 … 的画图使用情况）",
+                ".设置 群组|好友|成员 <号码|默认> 工具额度为 N 次/小时、.设置 群组 <群号> 工具 开启|关闭",
                 ".拉黑 <QQ号|群号>、.拉黑 <QQ号> <群号>、.解除拉黑 …",
                 ".重新加载配置文件、.预设列表、.状态",
             ]
@@ -308,6 +325,11 @@ class SessionCommands:
             return _fill(response.account_not_found, account=name, accounts="、".join(accounts))
         await self.sessions.update(job.session_key, account=name, model="")
         return _fill(response.account_switched, account=name, model=accounts[name])
+
+
+def _first_line(text: str, limit: int = 80) -> str:
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _first(words: list[str], fallback: str) -> str:

@@ -24,6 +24,7 @@ from conversation.pipeline import Context, Next, Step
 from conversation.presets import PresetBook
 from conversation.replier import Replier
 from conversation.sessions import SessionSettings
+from conversation.tools import ToolBox
 from conversation.triggers import TriggerRules
 from conversation.voice import as_text, spoken, worth_transcribing
 from core.config import Settings
@@ -89,6 +90,7 @@ class ConversationManager:
         self.admin = admin
         self.images = images or ImageFetcher()
         self.voice = VoiceService(settings, self.images)
+        self.toolbox = ToolBox(settings)  # App.start() hands it the MCP servers
         self._reload = reload or self._no_reload
         self._adapters: dict[str, Adapter] = {}
         # Another process on the same database may change a session's preset or model: re-read after a
@@ -133,8 +135,9 @@ class ConversationManager:
         self.words = WordFilter(settings.moderation)
         self.commands = CommandTable()
         self.voice.apply(settings)
+        self.toolbox.apply(settings)
         SessionCommands(
-            settings, self.store, self.sessions, self.model, self.presets, self.stop_session, self.voice
+            settings, self.store, self.sessions, self.model, self.presets, self.stop_session, self.voice, self.toolbox
         ).register(self.commands)
         AdminCommands(self.admin, self.presets, self._reload, self.status).register(self.commands)
         self.chat = ChatFlow(
@@ -146,6 +149,8 @@ class ConversationManager:
             self.images,
             self.replier,
             self.words,
+            self.toolbox,
+            self.admin,
         )
         self.replier.apply(settings)
         # 0 (the default): no global cap; the accounts' own `max_concurrency` slots are the real limit
@@ -500,12 +505,30 @@ class ConversationManager:
         queues = self.queues()
         day, count = self._today
         today = count if day == datetime.date.today() else 0
-        return (
-            f"运行时间：{uptime // 86400} 天 {uptime % 86400 // 3600} 小时 {uptime % 3600 // 60} 分\n"
-            f"平台连接：{links or '无'}\n"
-            f"排队：{queues['waiting']} 条（{queues['sessions']} 个会话，{queues['answering']} 个正在回答）\n"
-            f"今日回答：{today} 条"
-        ) + ("\n" + self.voice.summary() if self.voice.stt_enabled or self.voice.tts_enabled else "")
+        lines = [
+            f"运行时间：{uptime // 86400} 天 {uptime % 86400 // 3600} 小时 {uptime % 3600 // 60} 分",
+            f"平台连接：{links or '无'}",
+            f"排队：{queues['waiting']} 条（{queues['sessions']} 个会话，{queues['answering']} 个正在回答）",
+            f"今日回答：{today} 条",
+        ]
+        if self.voice.stt_enabled or self.voice.tts_enabled:
+            lines.append(self.voice.summary())
+        if self.toolbox.enabled:
+            lines.append(self._tool_status())
+        return "\n".join(lines)
+
+    def _tool_status(self) -> str:
+        """`.状态`'s line about tools: how many there are, and each MCP server's state."""
+        line = f"工具：{len(self.toolbox.all())} 个"
+        mcp = self.toolbox.mcp
+        if mcp is not None:
+            states = {"up": "正常", "starting": "启动中", "down": "未连接"}
+            servers = "、".join(
+                f"{server['name']} {states.get(server['state'], server['state'])}（{server['tools']} 个工具）"
+                for server in mcp.status()
+            )
+            line += f"；MCP：{servers}"
+        return line
 
     @staticmethod
     async def _no_reload() -> str:

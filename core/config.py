@@ -83,6 +83,7 @@ class OpenAIAccount(Section):
     max_concurrency: int = Field(64, ge=1, le=10000)
     # completion cap for this account's answers (tokens); 0: gpt_params.max_reply_tokens
     max_reply_tokens: int = Field(0, ge=0)
+    tools: bool = True  # the model can call tools ([tools]); false for models without function calling
 
     @field_validator("api_key")
     @classmethod
@@ -313,6 +314,7 @@ class RatelimitSettings(Section):
         "\n额度限制整点重置，当前服务器时间：{current_time}"
     )
     draw_exceed: str = "已达到额度限制，请等待下一小时再使用画图功能。"
+    tool_exceed: str = "（本小时的工具调用额度已用完，这次没有使用工具。）"
 
 
 class ModerationSettings(Section):
@@ -371,6 +373,73 @@ class VoiceSettings(Section):
         return bool(self.tts_engine)
 
 
+ToolAccess = Literal["everyone", "admins"] | list[str]  # or the group ids where everyone may use it
+
+
+class ToolSettings(Section):
+    """`[tools]`: tools the model may call while answering (off unless enabled)."""
+
+    enable: bool = False
+    max_steps: int = Field(5, ge=1, le=50)  # tool calls in one answer, at most
+    timeout: float = Field(20.0, gt=0)  # seconds one tool call may take
+    # built-in tools, each can be switched off
+    time: bool = True  # current date and time in `timezone`
+    timezone: str = "Asia/Shanghai"
+    fetch: bool = True  # a web page as text (http/https, public addresses only)
+    fetch_max_bytes: int = Field(2_000_000, ge=1024)
+    fetch_max_chars: int = Field(8000, ge=100)  # text handed to the model
+    search: Literal["", "searxng", "tavily", "bing", "bocha"] = ""  # web search provider ("" off)
+    search_url: str = ""  # the SearXNG instance (or another endpoint for the provider)
+    search_api_key: SecretStr = SecretStr("")
+    search_results: int = Field(5, ge=1, le=20)
+    # who may use each tool (by its name, MCP tools as "<server>__<tool>"): "everyone", "admins" or a list
+    # of group ids; tools not named follow `default_access`
+    allowed: dict[str, ToolAccess] = Field(default_factory=dict)
+    default_access: ToolAccess = "everyone"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"未知时区 (unknown time zone) {value!r}，如 Asia/Shanghai") from None
+        return value
+
+
+class MCPServer(Section):
+    """One `[[mcp.servers]]` entry: a local command (stdio) or a URL (SSE / streamable HTTP)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")  # its tools are named "<name>__<tool>"
+    enable: bool = True
+    command: str = ""  # e.g. "uvx" or "python"; used when `url` is ""
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    url: str = ""
+    transport: Literal["auto", "sse", "streamable_http"] = "auto"  # auto: SSE when the URL ends in /sse
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(30.0, gt=0)  # seconds to start and list tools
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("应以 http:// 或 https:// 开头 (must start with http:// or https://)")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        if not self.command and not self.url:
+            raise ValueError("需要 command（本地命令）或 url（SSE / HTTP 地址）(needs a command or a url)")
+
+
+class MCPSettings(Section):
+    """`[mcp]`: MCP servers whose tools the model may call (with `[tools] enable`)."""
+
+    servers: list[MCPServer] = Field(default_factory=list)
+
+
 class LogSettings(Section):
     """`[log]`."""
 
@@ -422,6 +491,8 @@ class Settings(Section):
     ratelimit: RatelimitSettings = Field(default_factory=RatelimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
+    mcp: MCPSettings = Field(default_factory=MCPSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     path: Path = Path("config.toml")
@@ -1103,7 +1174,7 @@ def _unescaped(quoted: str) -> str:
 
 
 # Field names whose string values are secrets: api_key, access_token, secret, token, password, ...
-_SECRET_NAME = re.compile(r"(key|token|secret|password|passwd)$", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(key|token|secret|password|passwd|authorization)$", re.IGNORECASE)
 
 
 def collect_secrets(settings: Settings) -> list[str]:

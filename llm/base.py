@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from core.config import OpenAISettings
 from core.errors import LLMError
 
-Role = Literal["system", "user", "assistant"]
+# "tool": the result of one tool call, answering an assistant turn's `tool_calls`
+Role = Literal["system", "user", "assistant", "tool"]
 # "empty": HTTP 200 without any answer text; "context_length" also covers a 200 with an empty stream,
 # which is how llama.cpp and some proxies report a prompt over the context window.
 FailureKind = Literal[
@@ -21,12 +22,32 @@ DeltaSink = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call the model asked for (OpenAI `tool_calls` entry).
+
+    `arguments` is the raw JSON text the model wrote, kept as it came: it may be invalid JSON, which
+    the caller (the tool loop) reports back to the model instead of failing here.
+    """
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
-    """One message of the conversation sent to the model."""
+    """One message of the conversation sent to the model.
+
+    An assistant turn that asked for tools carries `tool_calls` (its `content` may be ""); a "tool"
+    turn is one tool's result: `tool_call_id` names the call it answers, `name` the tool.
+    """
 
     role: Role
     content: str
     images: tuple[str, ...] = ()  # data: URLs, sent as image parts to accounts with vision
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +58,7 @@ class LLMReply:
     account: str
     model: str
     prompt_tokens: int | None = None  # the server's `usage.prompt_tokens`, when it reported one
+    tool_calls: tuple[ToolCall, ...] = ()  # functions the model asked for, in its order; text may be ""
 
 
 class ReplyStopped(Exception):
@@ -77,12 +99,16 @@ class ChatModel(Protocol):
         account: str | None = None,
         on_delta: DeltaSink | None = None,
         max_reply_tokens: int | None = None,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> LLMReply:
         """Answer the conversation `turns`.
 
         `model` overrides the account's model; `account` (a name) is tried first; `on_delta`
         receives the text as it streams; `max_reply_tokens` is the caller's completion limit (the
-        context left after the prompt), lowered further by configured caps. Raises AllAccountsFailed
+        context left after the prompt), lowered further by configured caps. `tools` are OpenAI
+        `tools` entries (`{"type": "function", "function": {...}}`), offered only to accounts that
+        can call functions; the reply's `tool_calls` lists the calls the model asked for (then its
+        text may be empty, which is not a failure). Raises AllAccountsFailed
         (an LLMError) when every account failed, with `partial` set when `on_delta` had already been
         given text; ReplyStopped raised by `on_delta` ends the call and propagates.
         """

@@ -8,6 +8,7 @@ import email.utils
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pydantic import SecretStr
 from core.backoff import Backoff
 from core.config import DEFAULT_ENDPOINT, OpenAISettings
 from core.log import MIN_SECRET_LENGTH, REDACTED, redact
-from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, DrawnImage, LLMReply
+from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, DrawnImage, LLMReply, ToolCall
 from llm.http_transport import AiohttpTransport
 from llm.pool import (
     REQUEST_FAULT_STATUSES,
@@ -31,6 +32,7 @@ from llm.pool import (
     Account,
     AccountPool,
     AccountState,
+    Answer,
     CallObserver,
     Delivery,
     Failure,
@@ -58,6 +60,8 @@ _NO_KEY = "no-key"
 REPLY_TOKENS_FLOOR = 64
 # the completion limit's name on api.openai.com (its o-series models refuse `max_tokens`)
 _OPENAI_LIMIT = "max_completion_tokens"
+# the most tool calls taken from one reply: more is a misbehaving server, not a plan worth following
+MAX_TOOL_CALLS = 32
 _CHECK_404 = "接口地址通常应以 /v1 结尾 (endpoint should usually end in /v1)"
 
 
@@ -85,11 +89,8 @@ def _choice_content(data: object, part: str, field: str = "content") -> str:
     return value if isinstance(value, str) else ""
 
 
-def _delta_texts(chunk: object) -> tuple[str, str]:
+def _delta_texts(delta: dict[str, Any]) -> tuple[str, str]:
     """(`reasoning_content`, `content`) of a stream chunk's `choices[0].delta`; "" for each one absent."""
-    delta = _choice_field(chunk, "delta")
-    if not isinstance(delta, dict):
-        return "", ""
     reasoning, content = delta.get("reasoning_content"), delta.get("content")
     return (reasoning if isinstance(reasoning, str) else ""), (content if isinstance(content, str) else "")
 
@@ -150,16 +151,146 @@ async def _sse_json(response: httpx2.Response) -> AsyncIterator[object]:
         raise openai.APIConnectionError(request=response.request) from exc
 
 
-def _messages(turns: Sequence[ChatTurn], vision: bool) -> list[dict[str, Any]]:
-    """The request's messages; a turn's images become image parts only for an account with vision."""
+def _tool_call_entry(call: ToolCall) -> dict[str, Any]:
+    """One entry of an assistant message's `tool_calls`."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _tool_turn_message(turn: ChatTurn, native: bool) -> dict[str, Any] | None:
+    """An assistant turn that called tools, or a tool's result, as a message; None: leave it out.
+
+    `native` (an account with `tools = true`): the OpenAI form. Otherwise a form any chat model
+    accepts: the assistant's text alone (nothing when it had none) and the result as a system
+    message "工具 <name> 的结果：<content>", so the answer can still use what the tools found.
+    """
+    if turn.role == "tool":
+        if native:
+            return {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.content}
+        return {"role": "system", "content": f"工具 {turn.name} 的结果：{turn.content}"}
+    if native:
+        calls = [_tool_call_entry(call) for call in turn.tool_calls]
+        return {"role": "assistant", "content": turn.content or None, "tool_calls": calls}
+    return {"role": "assistant", "content": turn.content} if turn.content else None
+
+
+def _messages(turns: Sequence[ChatTurn], vision: bool, tools: bool = False) -> list[dict[str, Any]]:
+    """The request's messages; a turn's images become image parts only for an account with vision;
+    tool calls and results keep the OpenAI form only for an account with `tools` (see _tool_turn_message)."""
     out: list[dict[str, Any]] = []
     for turn in turns:
+        if turn.tool_calls or turn.role == "tool":
+            message = _tool_turn_message(turn, tools)
+            if message is not None:
+                out.append(message)
+            continue
         content: str | list[dict[str, Any]] = turn.content
         if vision and turn.images:
             content = [{"type": "text", "text": turn.content}]
             content += [{"type": "image_url", "image_url": {"url": url}} for url in turn.images]
         out.append({"role": turn.role, "content": content})
     return out
+
+
+def _arguments_text(value: object) -> str:
+    """A fragment of `function.arguments`: a string as sent; an object (Ollama) as its JSON text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return ""
+
+
+@dataclass(slots=True)
+class _CallParts:
+    """One tool call being put together from its fragments."""
+
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class _ToolCallParts:
+    """The tool calls of one reply, put together from `tool_calls` entries or stream fragments.
+
+    OpenAI streams a call's id and name in its first fragment and `arguments` in pieces, each
+    fragment naming the call by `index`; some servers send a whole call in one fragment; some
+    (older vLLM, llama.cpp) send no id (one is made: "call_<random hex>") or no index (the id,
+    else a new name, starts a new call). Malformed fragments are skipped, never raised on; calls
+    beyond MAX_TOOL_CALLS are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _CallParts] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add_fragments(self, fragments: object) -> None:
+        """The `delta.tool_calls` list of one stream chunk."""
+        if not isinstance(fragments, list):
+            return
+        for fragment in fragments:
+            if isinstance(fragment, dict):
+                index = fragment.get("index")
+                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                    index = self._index_without_index(fragment)
+                self.merge(index, fragment)
+
+    def add_message_calls(self, entries: object) -> None:
+        """The `message.tool_calls` list of a whole completion."""
+        if isinstance(entries, list):
+            for position, entry in enumerate(entries):
+                if isinstance(entry, dict):
+                    self.merge(position, entry)
+
+    def merge(self, index: int, fragment: dict[str, Any]) -> None:
+        """Add one fragment to the call at `index`: id and name are kept from the first that has them."""
+        call = self._calls.get(index)
+        if call is None:
+            if len(self._calls) >= MAX_TOOL_CALLS:
+                return
+            call = self._calls[index] = _CallParts()
+        ident = fragment.get("id")
+        if isinstance(ident, str) and ident and not call.id:
+            call.id = ident
+        function = fragment.get("function")
+        if not isinstance(function, dict):
+            return
+        name = function.get("name")
+        if isinstance(name, str) and name and not call.name:
+            call.name = name
+        if piece := _arguments_text(function.get("arguments")):
+            call.arguments.append(piece)
+
+    def _index_without_index(self, fragment: dict[str, Any]) -> int:
+        """Where a fragment without `index` belongs: the call with its id, a new call for a new id or
+        a second name, else the last call."""
+        ident = fragment.get("id")
+        if isinstance(ident, str) and ident:
+            known = next((i for i, call in self._calls.items() if call.id == ident), None)
+            if known is not None:
+                return known
+            return max(self._calls, default=-1) + 1
+        last = max(self._calls, default=-1)
+        function = fragment.get("function")
+        named = isinstance(function, dict) and bool(function.get("name"))
+        if last < 0 or (named and self._calls[last].name):
+            return last + 1
+        return last
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The finished calls in index order; calls without a name are dropped, missing ids made,
+        empty arguments become "{}"."""
+        found: list[ToolCall] = []
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            if not call.name:
+                log.warning("the model sent a tool call without a function name; ignored")
+                continue
+            arguments = "".join(call.arguments)
+            ident = call.id or f"call_{secrets.token_hex(12)}"
+            found.append(ToolCall(ident, call.name, arguments if arguments.strip() else "{}"))
+        return tuple(found)
 
 
 def _usage(data: object, field: str) -> int | None:
@@ -322,6 +453,7 @@ class _Account(Account):
     api_key: SecretStr = field(default_factory=lambda: SecretStr(""))
     client: openai.AsyncOpenAI | None = None
     max_reply_tokens: int = 0  # this account's completion cap; 0: gpt_params.max_reply_tokens
+    tools: bool = True  # the model can call functions: requests carry `tools`, history keeps the OpenAI form
 
 
 class OpenAICompatible:
@@ -367,6 +499,7 @@ class OpenAICompatible:
                 image_model=account.image_model,
                 max_concurrency=account.max_concurrency,
                 max_reply_tokens=account.max_reply_tokens,
+                tools=account.tools,
             )
             for i, account in enumerate(settings.accounts)
         ]
@@ -411,18 +544,21 @@ class OpenAICompatible:
         account: str | None = None,
         on_delta: DeltaSink | None = None,
         max_reply_tokens: int | None = None,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> LLMReply:
         """Answer the conversation `turns`.
 
         `model` overrides the account's model (accounts that name it go first); `account` (a name)
         is tried first; `on_delta` receives text while it streams; `max_reply_tokens` is the
         caller's completion limit, lowered to the configured caps and never below REPLY_TOKENS_FLOOR.
+        `tools` (OpenAI `tools` entries) go only to accounts with `tools = true`; the reply's
+        `tool_calls` are the calls the model asked for (a reply with calls and no text is a reply).
         Raises AllAccountsFailed when every account failed; at once with kind "bad_request" /
         "context_length" when the provider rejects the request itself; with `partial` set when text
         had already gone to `on_delta`.
         """
         return await self._pool.complete(
-            turns, model=model, account=account, on_delta=on_delta, max_reply_tokens=max_reply_tokens
+            turns, model=model, account=account, on_delta=on_delta, max_reply_tokens=max_reply_tokens, tools=tools
         )
 
     async def draw(self, prompt: str) -> DrawnImage:
@@ -473,13 +609,15 @@ class OpenAICompatible:
 
     # --- internals -----------------------------------------------------------------------------
 
-    async def _attempt(self, account: Account, turns: Sequence[ChatTurn], model: str, delivery: Delivery) -> str:
+    async def _attempt(self, account: Account, turns: Sequence[ChatTurn], model: str, delivery: Delivery) -> Answer:
         """One request on `account` (the pool's Attempt); raises for the classifier."""
         assert isinstance(account, _Account)
         caps = [delivery.max_reply_tokens, account.max_reply_tokens or self._params.max_reply_tokens]
         limits = [cap for cap in caps if cap]
         limit = max(REPLY_TOKENS_FLOOR, min(limits)) if limits else None
-        return await self._request(self._client(account), _messages(turns, account.vision), model, delivery, limit)
+        messages = _messages(turns, account.vision, account.tools)
+        tools = delivery.tools if account.tools else ()
+        return await self._request(self._client(account), messages, model, delivery, limit, tools)
 
     def _client(self, account: _Account) -> openai.AsyncOpenAI:
         """The account's client, built on first use (building one costs about 0.1 s)."""
@@ -495,8 +633,10 @@ class OpenAICompatible:
         model: str,
         delivery: Delivery,
         reply_limit: int | None = None,
-    ) -> str:
-        """One chat completion call; the whole reply text. Raises EmptyReplyError, EmptyStreamError or SDK errors.
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> Answer:
+        """One chat completion call; the whole reply text and its tool calls. Raises EmptyReplyError,
+        EmptyStreamError (neither when the model asked for tools) or SDK errors.
 
         `client.post` with a plain dict body, not `chat.completions.create`: create() runs every
         history turn through the SDK's typed-dict transform, which cost ~0.14 ms of CPU per turn
@@ -519,12 +659,15 @@ class OpenAICompatible:
         }
         if reply_limit is not None:
             body[_OPENAI_LIMIT if client.base_url.host == "api.openai.com" else "max_tokens"] = reply_limit
+        if tools:  # no tool key at all otherwise: some servers refuse even an empty list
+            body["tools"] = list(tools)
         if p.stream:
             body["stream_options"] = {"include_usage": True}  # the prompt's real size calibrates estimates
         # cast_to=object: the JSON as plain dicts, read tolerantly below; building the SDK's
         # pydantic models for every completion and chunk costs CPU and checks nothing we need.
         parts: list[str] = []
         answered = False
+        calls = _ToolCallParts()
         if p.stream:
             stream = await client.post(
                 "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
@@ -534,7 +677,12 @@ class OpenAICompatible:
             async with stream:
                 # our own SSE reader on the raw body: the SDK's per-line decoding cost more CPU than the rest of a chunk
                 async for chunk in _sse_json(stream.response):
-                    reasoning, content = _delta_texts(chunk)
+                    delta = _choice_field(chunk, "delta")
+                    if not isinstance(delta, dict):
+                        continue
+                    if fragments := delta.get("tool_calls"):
+                        calls.add_fragments(fragments)
+                    reasoning, content = _delta_texts(delta)
                     piece = ""
                     if reasoning:
                         piece = reasoning if thinking else "<think>\n" + reasoning
@@ -547,10 +695,11 @@ class OpenAICompatible:
                         await delivery.emit(piece)
             # A stream that ends cleanly ([DONE] or a complete body) after text is a whole answer even
             # without finish_reason (llama.cpp and some proxies omit it); a dropped connection ends in a
-            # read error instead. No text at all is how llama.cpp answers a prompt over its context.
+            # read error instead. No text at all is how llama.cpp answers a prompt over its context,
+            # unless the model asked for tools.
             delivery.prompt_tokens = _usage(chunk, "prompt_tokens")  # usage comes in the last chunk
             delivery.completion_tokens = _usage(chunk, "completion_tokens")
-            if not parts:
+            if not parts and not calls:
                 raise EmptyStreamError
             if thinking:
                 parts.append("\n</think>\n\n")
@@ -561,12 +710,16 @@ class OpenAICompatible:
             delivery.completion_tokens = _usage(data, "completion_tokens")
             reasoning = _choice_content(data, "message", "reasoning_content")
             content = _choice_content(data, "message")
+            message = _choice_field(data, "message")
+            if isinstance(message, dict) and (entries := message.get("tool_calls")):
+                calls.add_message_calls(entries)
             answered = bool(content.strip())
             parts.append((f"<think>\n{reasoning}\n</think>\n\n" if reasoning else "") + content)
             await delivery.emit(parts[0])
-        if not answered:
+        tool_calls = calls.calls() if calls else ()
+        if not answered and not tool_calls:
             raise EmptyReplyError
-        return "".join(parts)
+        return Answer("".join(parts), tool_calls)
 
     async def _check_one(self, account: _Account) -> tuple[str, bool, str]:
         started = time.perf_counter()

@@ -7,12 +7,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 
 from core.backoff import Backoff
-from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, FailureKind, LLMReply, ReplyStopped
+from llm.base import AllAccountsFailed, ChatTurn, DeltaSink, FailureKind, LLMReply, ReplyStopped, ToolCall
 
 log = logger.bind(adapter="llm")
 
@@ -167,6 +167,7 @@ class Delivery:
     sink: DeltaSink | None
     delivered: bool = False
     max_reply_tokens: int | None = None  # the caller's completion limit, for the attempt to send
+    tools: Sequence[dict[str, Any]] = ()  # the request's OpenAI `tools` entries, for accounts that call functions
     prompt_tokens: int | None = None  # set by an attempt from the server's reported usage
     completion_tokens: int | None = None
 
@@ -176,8 +177,16 @@ class Delivery:
             await self.sink(text)
 
 
-# One attempt on one account: the whole reply text, or an exception for the classifier.
-Attempt = Callable[[Account, Sequence[ChatTurn], str, Delivery], Awaitable[str]]
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one successful attempt produced: the whole reply text and the tool calls asked for."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+# One attempt on one account: the Answer, or an exception for the classifier.
+Attempt = Callable[[Account, Sequence[ChatTurn], str, Delivery], Awaitable[Answer]]
 Classifier = Callable[[BaseException], Failure]
 # Provider text for the log with the account's secrets removed.
 Scrubber = Callable[[str, Account], str]
@@ -285,9 +294,10 @@ class AccountPool:
         account: str | None = None,
         on_delta: DeltaSink | None = None,
         max_reply_tokens: int | None = None,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> LLMReply:
         """Answer `turns` with the first account that can; raises AllAccountsFailed (see ChatModel)."""
-        delivery = Delivery(on_delta, max_reply_tokens=max_reply_tokens)
+        delivery = Delivery(on_delta, max_reply_tokens=max_reply_tokens, tools=tools)
         last: Failure | None = None
         order = self.order(account, model, vision=any(turn.images for turn in turns))
         for index, candidate in enumerate(order):
@@ -297,8 +307,8 @@ class AccountPool:
             others_ready = any(not a.disabled and a.cooling_until <= now for a in order[index + 1 :])
             use_model = model or candidate.model
             outcome = await self._try_account(candidate, turns, use_model, delivery, others_ready)
-            if isinstance(outcome, str):
-                return LLMReply(outcome, candidate.name, use_model, delivery.prompt_tokens)
+            if isinstance(outcome, Answer):
+                return LLMReply(outcome.text, candidate.name, use_model, delivery.prompt_tokens, outcome.tool_calls)
             last = outcome
             if delivery.delivered:
                 raise AllAccountsFailed(outcome.kind, outcome.short, outcome.status, partial=True)
@@ -312,18 +322,18 @@ class AccountPool:
 
     async def _try_account(
         self, account: Account, turns: Sequence[ChatTurn], model: str, delivery: Delivery, others_ready: bool
-    ) -> str | Failure:
-        """The reply text, or the Failure that ended this account's part in the request."""
+    ) -> Answer | Failure:
+        """The Answer, or the Failure that ended this account's part in the request."""
         backoff = self._backoff_factory()
         failure = Failure("server")
         for attempt in range(1, self._attempts + 1):
             await account.slots.acquire()
             started = time.monotonic()
             try:
-                text = await self._attempt(account, turns, model, delivery)
+                answer = await self._attempt(account, turns, model, delivery)
                 account.strikes, account.cooling_until = 0, 0.0
                 self._observe(account, started, None, delivery)
-                return text
+                return answer
             except ReplyStopped:  # the caller ended the answer on purpose: no retry, no failover
                 self._observe(account, started, None, delivery)
                 raise

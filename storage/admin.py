@@ -31,11 +31,13 @@ from core.errors import StorageError
 from storage.errors import DB_ERRORS, failed, retrieve_exception
 from storage.models import MYSQL_TABLE, Base, Id, UnixTime, key_string
 
-__all__ = ["DEFAULT", "DRAW", "SCOPES", "AdminStore", "RateCheck", "member_target"]
+__all__ = ["DEFAULT", "DRAW", "SCOPES", "TOOL", "AdminStore", "RateCheck", "member_target"]
 
 SCOPES = frozenset({"user", "group", "member"})
 # Drawing has its own limits and usage (v2's 画图额度): the same scopes with this prefix, e.g. "draw_group".
 DRAW = "draw_"
+# Tool calls ([tools]) likewise, e.g. "tool_group"; a limit of 0 switches tools off there.
+TOOL = "tool_"
 DEFAULT = "default"  # the target whose limit applies to every target of its scope without its own row
 HOUR = 3600.0
 LOCK_WAIT_SECONDS = 10  # MySQL/MariaDB: how long a take waits for another process's take of the same key
@@ -109,9 +111,11 @@ def member_target(group_id: str, user_id: str) -> str:
 
 def _key(scope: str, target: str, *, default_ok: bool = False) -> tuple[str, str]:
     """Validated (scope, target); ValueError names what is wrong."""
-    base = scope.removeprefix(DRAW) if isinstance(scope, str) else scope
+    base = scope.removeprefix(DRAW).removeprefix(TOOL) if isinstance(scope, str) else scope
     if base not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; expected one of: group, member, user (each also with {DRAW!r})")
+        raise ValueError(
+            f"unknown scope {scope!r}; expected one of: group, member, user (each also with {DRAW!r} or {TOOL!r})"
+        )
     if not isinstance(target, str) or not target.strip():
         raise ValueError(f"target must be a non-empty string, got {target!r}")
     if target == DEFAULT:

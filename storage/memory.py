@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import islice
 
 from core.errors import StorageError
-from core.tokens import estimate_tokens
-from storage.base import RESET_ROLE, SessionState, StoredTurn, check_session_fields, fill_window, finish_window
+from storage.base import (
+    RESET_ROLE,
+    TOOL_ROLE,
+    SessionState,
+    StoredTool,
+    StoredTurn,
+    check_session_fields,
+    exchange_rows,
+    fill_window,
+    finish_window,
+    last_exchange_length,
+)
 
 
 @dataclass(slots=True)
@@ -56,18 +65,25 @@ class MemoryHistoryStore:
         taken: list[StoredTurn] = []
         if budget_tokens > 0:
             fill_window((row.turn for row in self._visible_newest_first(session_key)), budget_tokens, taken)
-        return finish_window(taken)
+        return finish_window(taken, budget_tokens)
 
     async def append_exchange(
-        self, session_key: str, user_text: str, reply_text: str, *, now: float | None = None
+        self,
+        session_key: str,
+        user_text: str,
+        reply_text: str,
+        *,
+        now: float | None = None,
+        tools: Sequence[StoredTool] = (),
     ) -> None:
-        """Store the user turn then the reply."""
+        """Store the user turn, its tool calls, then the reply."""
         self._check_open()
         at = time.time() if now is None else now
+        turns = exchange_rows(user_text, reply_text, tools)
         rows = self._rows.setdefault(session_key, [])
-        for role, text in (("user", user_text), ("assistant", reply_text)):
+        for turn in turns:
             self._last_id += 1
-            rows.append(_Row(self._last_id, StoredTurn(role, text, estimate_tokens(text))))
+            rows.append(_Row(self._last_id, turn))
         self._touch(session_key, at)
 
     async def reset(self, session_key: str) -> None:
@@ -79,12 +95,17 @@ class MemoryHistoryStore:
         self._touch(session_key, time.time())
 
     async def rollback(self, session_key: str) -> bool:
-        """Hide the last visible user+assistant pair; False if there is none."""
+        """Hide the last visible exchange (user, its tool rows, assistant); False if there is none."""
         self._check_open()
-        last_two = list(islice(self._visible_newest_first(session_key), 2))
-        if [row.turn.role for row in last_two] != ["assistant", "user"]:
+        rows: list[_Row] = []
+        for row in self._visible_newest_first(session_key):  # the reply, its tool rows, the next turn
+            rows.append(row)
+            if len(rows) > 1 and row.turn.role != TOOL_ROLE:
+                break
+        count = last_exchange_length(row.turn.role for row in rows)
+        if not count:
             return False
-        for row in last_two:
+        for row in rows[:count]:
             row.hidden = True
         return True
 

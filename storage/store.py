@@ -14,7 +14,21 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from loguru import logger
-from sqlalchemy import BindParameter, Table, bindparam, delete, event, false, func, insert, select, true, update
+from sqlalchemy import (
+    BindParameter,
+    Table,
+    bindparam,
+    case,
+    delete,
+    event,
+    false,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -25,15 +39,18 @@ from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable
 import storage.admin  # noqa: F401  (registers the admin tables on Base before they are created)
 from core.backoff import Backoff
 from core.errors import StorageError
-from core.tokens import estimate_tokens
 from storage.base import (
+    TOOL_ROLE,
     WINDOW_PAGE,
     HistoryStore,
     SessionState,
+    StoredTool,
     StoredTurn,
     check_session_fields,
+    exchange_rows,
     fill_window,
     finish_window,
+    last_exchange_length,
     reset_marker_row,
 )
 from storage.errors import (
@@ -51,7 +68,15 @@ from storage.errors import (
 from storage.models import messages, sessions
 from storage.schema import create_or_upgrade
 
-__all__ = ["DatabaseNotWritable", "HistoryStore", "RetryPolicy", "SessionState", "SqlHistoryStore", "StoredTurn"]
+__all__ = [
+    "DatabaseNotWritable",
+    "HistoryStore",
+    "RetryPolicy",
+    "SessionState",
+    "SqlHistoryStore",
+    "StoredTool",
+    "StoredTurn",
+]
 
 # WAL lets readers run beside the writer; synchronous=NORMAL under WAL means a commit does not
 # wait for fsync (a power cut may lose the last commits, never corrupts the file); busy_timeout
@@ -299,12 +324,21 @@ class SqlHistoryStore:
         # more CPU than the SQLite work itself.
         cleared = func.coalesce(select(s.cleared_before).where(s.session_key == key).scalar_subquery(), 0)
         visible = (m.session_key == key, m.id > cleared, m.hidden == false())
-        newest = select(m.id, m.role, m.content, m.tokens).order_by(m.id.desc())
+        # A window's pages leave tool rows' text unread (a fetched page can be megabytes of it, and
+        # most tool rows do not fit); `_tool_texts` reads the few chosen, as one range of the index.
+        is_tool = m.role == TOOL_ROLE
+        text_unless_tool = case((is_tool, literal_column("''")), else_=m.content)
+        newest = select(m.id, m.role, text_unless_tool, m.tokens).order_by(m.id.desc())
         self._first_page = _Statement(newest.where(*visible).limit(WINDOW_PAGE), compile_for)
         self._next_page = _Statement(newest.where(*visible, m.id < bindparam("before")).limit(WINDOW_PAGE), compile_for)
-        self._last_two = _Statement(select(m.id, m.role).where(*visible).order_by(m.id.desc()).limit(2), compile_for)
-        pair: tuple[BindParameter[int], ...] = (bindparam("user_id"), bindparam("reply_id"))
-        self._hide_pair = _Statement(update(messages).where(m.id.in_(pair)).values(hidden=true()), compile_for)
+        id_range = (m.session_key == key, m.id >= bindparam("first"), m.id <= bindparam("last"))
+        self._tool_texts = _Statement(select(m.id, m.content).where(*id_range, is_tool), compile_for)
+        # Rollback reads the tail's roles (an exchange with many tool calls can span pages) and hides
+        # the exchange as one id range of the session: its rows are written in one transaction.
+        tail = select(m.id, m.role).where(*visible).order_by(m.id.desc())
+        self._tail_page = _Statement(tail.limit(WINDOW_PAGE), compile_for)
+        self._tail_next = _Statement(tail.where(m.id < bindparam("before")).limit(WINDOW_PAGE), compile_for)
+        self._hide_span = _Statement(update(messages).where(*id_range).values(hidden=true()), compile_for)
         columns = ("session_key", "role", "content", "tokens", "hidden", "created_at")
         self._insert_message = _Statement(
             insert(messages).values({name: bindparam(name) for name in columns}), compile_for
@@ -517,41 +551,64 @@ class SqlHistoryStore:
             return []
 
         async def read(tx: _Tx) -> list[StoredTurn]:
-            taken: list[StoredTurn] = []
+            taken: list[StoredTurn | _UnreadTool] = []
             left = budget_tokens
             rows = await tx.fetch(self._first_page, {"key": session_key})
             while True:
-                remaining = fill_window((StoredTurn(r[1], r[2], r[3]) for r in rows), left, taken)
+                remaining = fill_window(map(_window_row, rows), left, taken)
                 if remaining is None or len(rows) < WINDOW_PAGE:
-                    return taken
+                    break
                 left = remaining
                 rows = await tx.fetch(self._next_page, {"key": session_key, "before": rows[-1][0]})
+            return await self._with_tool_texts(tx, session_key, finish_window(taken, budget_tokens))
 
-        return finish_window(await self._run("reading the window", read, write=False))
+        return await self._run("reading the window", read, write=False)
+
+    async def _with_tool_texts(
+        self, tx: _Tx, session_key: str, window: list[StoredTurn | _UnreadTool]
+    ) -> list[StoredTurn]:
+        """The window with its tool rows' texts read; a row gone meanwhile (pruned by hand) is left out."""
+        unread = [row.id for row in window if isinstance(row, _UnreadTool)]
+        if not unread:
+            return cast(list[StoredTurn], window)
+        params = {"key": session_key, "first": unread[0], "last": unread[-1]}
+        texts: dict[int, str] = {row[0]: row[1] for row in await tx.fetch(self._tool_texts, params)}
+        return [
+            row if isinstance(row, StoredTurn) else StoredTurn(TOOL_ROLE, texts[row.id], row.tokens)
+            for row in window
+            if isinstance(row, StoredTurn) or row.id in texts
+        ]
 
     @_finish_even_if_cancelled
     async def append_exchange(
-        self, session_key: str, user_text: str, reply_text: str, *, now: float | None = None
+        self,
+        session_key: str,
+        user_text: str,
+        reply_text: str,
+        *,
+        now: float | None = None,
+        tools: Sequence[StoredTool] = (),
     ) -> None:
-        """Store the user turn then the reply in one transaction. Raises StorageError."""
+        """Store the user turn, one row per tool call (role "tool"), then the reply, in one transaction.
+        Raises StorageError."""
         at = time.time() if now is None else now
         rows = [
             {
                 "session_key": session_key,
-                "role": role,
-                "content": _without_nul(text) if self._nul_free else text,
-                "tokens": estimate_tokens(text),
+                "role": turn.role,
+                "content": _without_nul(turn.content) if self._nul_free else turn.content,
+                "tokens": turn.tokens,
                 "hidden": False,
                 "created_at": at,
             }
-            for role, text in (("user", user_text), ("assistant", reply_text))
+            for turn in exchange_rows(user_text, reply_text, tools)
         ]
 
         async def write(tx: _Tx) -> None:
             # The session's row first: on a server database its row lock makes two writers of one
             # session take turns, so one exchange's ids are never interleaved with another's.
             await self._touch.run(tx, {"key": session_key, "now": at})
-            # executemany keeps list order, so the user row always gets the smaller id.
+            # executemany keeps list order, so the rows' ids follow the exchange's order.
             await tx.execute_many(self._insert_message, rows)
 
         await self._run("saving an exchange", write, write=True)
@@ -574,18 +631,32 @@ class SqlHistoryStore:
 
     @_finish_even_if_cancelled
     async def rollback(self, session_key: str) -> bool:
-        """Hide the last visible user+assistant pair; False if there is none. Raises StorageError."""
+        """Hide the last visible exchange (user, its tool rows, assistant); False if there is none.
+        Raises StorageError."""
 
         async def write(tx: _Tx) -> bool:
             await self._take_session(tx, session_key)
-            rows = await tx.fetch(self._last_two, {"key": session_key})
-            # Exchanges are written as pairs, so a well-formed tail is assistant over user.
-            if [row[1] for row in rows] != ["assistant", "user"]:
+            rows = await self._last_exchange(tx, session_key)
+            if not rows:
                 return False
-            await tx.execute(self._hide_pair, {"reply_id": rows[0][0], "user_id": rows[1][0]})
+            await tx.execute(self._hide_span, {"key": session_key, "first": rows[-1][0], "last": rows[0][0]})
             return True
 
         return await self._run("rolling back a session", write, write=True)
+
+    async def _last_exchange(self, tx: _Tx, session_key: str) -> list[Sequence[Any]]:
+        """(id, role) of the last visible exchange's rows, newest first; empty when the tail is not one."""
+        rows = list(await tx.fetch(self._tail_page, {"key": session_key}))
+        while True:
+            count = last_exchange_length(row[1] for row in rows)
+            if count is not None:
+                return rows[:count]
+            if not rows or len(rows) % WINDOW_PAGE:  # the session has no more rows
+                return []
+            more = await tx.fetch(self._tail_next, {"key": session_key, "before": rows[-1][0]})
+            if not more:
+                return []
+            rows.extend(more)
 
     @_finish_even_if_cancelled
     async def get_session(self, session_key: str) -> SessionState:
@@ -615,6 +686,22 @@ class SqlHistoryStore:
             await upsert.run(tx, params)
 
         await self._run("updating a session", write, write=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _UnreadTool:
+    """A tool row while its window is chosen: its text is read only if it makes it in."""
+
+    id: int
+    tokens: int
+    role: str = TOOL_ROLE
+
+
+def _window_row(row: Sequence[Any]) -> StoredTurn | _UnreadTool:
+    """A page row (id, role, text or "" for a tool row, tokens) as `fill_window` takes it."""
+    if row[1] == TOOL_ROLE:
+        return _UnreadTool(row[0], row[3])
+    return StoredTurn(row[1], row[2], row[3])
 
 
 async def _check_writable(engine: AsyncEngine) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Table, func, insert, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.base import RESET_ROLE
+from storage.base import RESET_ROLE, TOOL_ROLE
 from storage.models import Base, messages, sessions
 
 HISTORY_FORMAT = "chatgpt-qq-bot/history"
@@ -50,7 +50,7 @@ _SESSION_TEXT_LIMITS = {"reply_mode": 16}
 # Fields files of earlier versions lack: missing means "" (the column's default).
 _LATER_SESSION_FIELDS = frozenset({"voice"})
 SCHEMA_VERSION_TABLE = "alembic_version"
-ROLES = frozenset({"user", "assistant", "system", RESET_ROLE})
+ROLES = frozenset({"user", "assistant", "system", TOOL_ROLE, RESET_ROLE})
 
 
 class BadLine(ValueError):

@@ -145,8 +145,8 @@ def test_example_config_is_valid_and_every_key_is_commented() -> None:
         for key in getattr(inner, "model_fields", {}):
             if key in ("accounts", "gpt_params"):
                 continue
-            # a key, or a nested table documented by its header ([section.key])
-            pattern = rf"^#?\s*({key}\s*=|\[{section}\.{key}\])"
+            # a key, or a nested table documented by its header ([section.key] or [[section.key]])
+            pattern = rf"^#?\s*({key}\s*=|\[\[?{section}\.{key}\]\]?)"
             assert re.search(pattern, text, re.MULTILINE), f"{section}.{key} missing from config.example.toml"
 
 

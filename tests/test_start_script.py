@@ -17,7 +17,7 @@ from tests.fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["bot.py", "start.sh", "requirements.txt", "config.example.toml", "core", "adapters", "conversation", "llm"]
-SHIPPED += ["storage", "presets", "web", "voice"]
+SHIPPED += ["storage", "presets", "web", "voice", "tools"]
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="start.sh is for Linux and macOS")
 

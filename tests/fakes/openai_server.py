@@ -11,8 +11,8 @@ import math
 import time
 import wave
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -20,7 +20,39 @@ from aiohttp import web
 
 from tests.fakes.image_server import tiny_png
 
-ReplyFn = Callable[[dict[str, Any]], str]
+
+@dataclass(frozen=True, slots=True)
+class FakeCall:
+    """One function call the fake model asks for."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)  # a dict is sent as its JSON text
+    id: str | None = ""  # "": the fake makes one ("call_fake<n>"); None: sent without an id (older vLLM, llama.cpp)
+
+    def arguments_text(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeToolCalls:
+    """A reply asking for tools (what `reply_fn` returns instead of text), in both stream and JSON modes.
+
+    `text` comes first, as content. Streamed like OpenAI: per call one fragment with index, id,
+    type and name, then `arguments` in pieces of `arguments_chunk` characters; `whole` sends each
+    call in a single fragment instead; `indexed=False` leaves out `index` (some servers do).
+    """
+
+    calls: Sequence[FakeCall]
+    text: str = ""
+    whole: bool = False
+    arguments_chunk: int = 3
+    indexed: bool = True
+
+
+Reply = str | FakeToolCalls
+ReplyFn = Callable[[dict[str, Any]], Reply]
 
 _ERROR_TYPES = {
     400: ("invalid_request_error", None),
@@ -57,6 +89,26 @@ def echo_last_user(body: dict[str, Any]) -> str:
     return "echo: "
 
 
+def replies_in_order(*replies: Reply) -> ReplyFn:
+    """A reply_fn answering each request with the next of `replies` (text or FakeToolCalls), then echoing."""
+    queue = deque(replies)
+
+    def reply(body: dict[str, Any]) -> Reply:
+        return queue.popleft() if queue else echo_last_user(body)
+
+    return reply
+
+
+def last_tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `tool` messages at the end of a request's messages (the results sent back for the last calls)."""
+    found: list[dict[str, Any]] = []
+    for message in reversed(body.get("messages") or ()):
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            break
+        found.append(message)
+    return found[::-1]
+
+
 class FakeOpenAI:
     """`POST /v1/chat/completions`, JSON and SSE, with planned failures, hangs and latency; also
     `/v1/images/generations`, `/v1/audio/transcriptions` (answers `transcript`) and `/v1/audio/speech`
@@ -65,7 +117,9 @@ class FakeOpenAI:
     Scripting: `fail_next(status, times, retry_after)` and `hang_next(times)` queue behaviours used
     by the next requests in order; `fail_key(api_key, status)` makes one key always fail (checked
     first, like a real server checks auth first); `latency` delays every answer; `reply_fn(body)`
-    computes the reply text. Every request is appended to `requests` unless `record` is false.
+    computes the reply text, or returns FakeToolCalls to ask for tool calls (`replies_in_order` scripts
+    a sequence; `last_tool_results(body)` reads the results a request sent back). Every request is
+    appended to `requests` unless `record` is false.
     Streams: `finish_reason=False` leaves out the finishing chunk (llama.cpp, some proxies),
     `send_done=False` ends the body cleanly without `[DONE]`, `stream_error` sends an error event
     instead of an answer (how llama.cpp reports a prompt over its context). `in_flight` and
@@ -204,7 +258,10 @@ class FakeOpenAI:
         cut = int(limit / self.tokens_per_char) if isinstance(limit, int) and self.tokens_per_char > 0 else None
         if self.loop_forever and body.get("stream"):
             return await self._loop(request, body, ident, cut)
-        text = self.reply_fn(body)
+        reply = self.reply_fn(body)
+        if isinstance(reply, FakeToolCalls):
+            return await self._tool_reply(request, body, ident, reply)
+        text = reply
         if self.loop_forever:
             text = self.filler * (1 + (cut or 100_000) // len(self.filler))
         finish = "stop"
@@ -216,6 +273,21 @@ class FakeOpenAI:
         completion["choices"][0]["finish_reason"] = finish
         if self.reasoning:
             completion["choices"][0]["message"]["reasoning_content"] = self.reasoning
+        return web.Response(body=json.dumps(completion).encode(), content_type="application/json")
+
+    async def _tool_reply(
+        self, request: web.Request, body: dict[str, Any], ident: str, reply: FakeToolCalls
+    ) -> web.StreamResponse:
+        """A reply asking for tool calls, streamed or as one JSON completion (finish_reason "tool_calls")."""
+        ids = [f"call_fake{self._counter}_{i}" if call.id == "" else call.id for i, call in enumerate(reply.calls)]
+        if body.get("stream"):
+            fragments = _tool_fragments(reply, ids)
+            return await self._stream(request, body, ident, reply.text, "tool_calls", fragments)
+        entries = [_tool_entry(call, call_id) for call, call_id in zip(reply.calls, ids, strict=True)]
+        counted = reply.text + "".join(call.arguments_text() for call in reply.calls)
+        completion = _completion(ident, body["model"], counted, body["messages"], self.tokens_per_char)
+        completion["choices"][0]["message"] |= {"content": reply.text or None, "tool_calls": entries}
+        completion["choices"][0]["finish_reason"] = "tool_calls"
         return web.Response(body=json.dumps(completion).encode(), content_type="application/json")
 
     async def _empty_stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
@@ -262,7 +334,13 @@ class FakeOpenAI:
         return response
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], ident: str, text: str, finish_reason: str = "stop"
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        ident: str,
+        text: str,
+        finish_reason: str = "stop",
+        tool_fragments: Sequence[list[dict[str, Any]]] = (),
     ) -> web.StreamResponse:
         model = body["model"]
         created = int(time.time())
@@ -285,6 +363,7 @@ class FakeOpenAI:
             for i in range(0, len(self.reasoning), step)
         ]
         frames += [chunk({"content": text[i : i + step]}, None) for i in range(0, len(text), step)]
+        frames += [chunk({"tool_calls": fragment}, None) for fragment in tool_fragments]
         if self.finish_reason:
             frames.append(chunk({}, finish_reason))
         if self.stream_error:
@@ -427,6 +506,29 @@ def tone_file(seconds: float, fmt: str, frequency: float = 330.0) -> bytes:
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
     return output.getvalue()
+
+
+def _tool_entry(call: FakeCall, call_id: str | None) -> dict[str, Any]:
+    """One `message.tool_calls` entry of a JSON completion."""
+    entry: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": call.arguments_text()}}
+    return {"id": call_id, **entry} if call_id is not None else entry
+
+
+def _tool_fragments(reply: FakeToolCalls, ids: list[str | None]) -> list[list[dict[str, Any]]]:
+    """The `delta.tool_calls` lists of a streamed tool reply, one per chunk, as OpenAI sends them."""
+    fragments: list[list[dict[str, Any]]] = []
+    step = max(1, reply.arguments_chunk)
+    for index, (call, call_id) in enumerate(zip(reply.calls, ids, strict=True)):
+        head = _tool_entry(call, call_id)
+        pieces = [head]
+        if not reply.whole:
+            arguments, head["function"]["arguments"] = head["function"]["arguments"], ""
+            pieces += [{"function": {"arguments": arguments[i : i + step]}} for i in range(0, len(arguments), step)]
+        for piece in pieces:
+            if reply.indexed:
+                piece["index"] = index
+            fragments.append([piece])
+    return fragments
 
 
 def _usage(messages: list[Any], text: str, per_char: float) -> dict[str, int]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from adapters.webchat.adapter import OWNER, WebChatAdapter
-from storage.base import StoredTurn
+from storage.base import TOOL_ROLE, StoredTurn
 
 if TYPE_CHECKING:
     from web.console.app import Console
@@ -26,7 +26,8 @@ def setup(console: Console) -> None:
         return adapter if isinstance(adapter, WebChatAdapter) else None
 
     async def page(request: web.Request) -> web.Response:
-        history: list[StoredTurn] = await console.bot.store.window(SESSION_KEY, HISTORY_TOKENS)
+        turns: list[StoredTurn] = await console.bot.store.window(SESSION_KEY, HISTORY_TOKENS)
+        history = [turn for turn in turns if turn.role != TOOL_ROLE]  # what was said, not the tools' results
         return console.render(request, "chat.html", history=history, available=chat() is not None)
 
     async def send(request: web.Request) -> web.Response:

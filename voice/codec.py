@@ -10,9 +10,6 @@ from __future__ import annotations
 import io
 import wave
 
-import av
-import pysilk
-
 PCM_RATE = 16_000  # what speech recognisers want, and plenty for speech
 SILK_RATE = 24_000  # QQ's own voice messages
 SILK_BIT_RATE = 24_000
@@ -49,6 +46,8 @@ def to_pcm(data: bytes, rate: int = PCM_RATE) -> bytes:
 
 
 def _silk_to_pcm(data: bytes, rate: int) -> bytes:
+    import pysilk  # loaded on first use: a bot that never handles a voice does not pay for it
+
     output = io.BytesIO()
     try:
         pysilk.decode(io.BytesIO(data), output, rate)
@@ -61,6 +60,8 @@ def _silk_to_pcm(data: bytes, rate: int) -> bytes:
 
 
 def _av_to_pcm(data: bytes, rate: int) -> bytes:
+    import av  # loaded on first use: a bot that never handles a voice does not pay for it
+
     chunks: list[bytes] = []
     size = 0
     try:
@@ -86,6 +87,8 @@ def _av_to_pcm(data: bytes, rate: int) -> bytes:
 
 def pcm_to_silk(pcm: bytes, rate: int = PCM_RATE) -> bytes:
     """16-bit mono PCM at `rate` as a QQ voice message (Tencent silk)."""
+    import pysilk  # loaded on first use: a bot that never handles a voice does not pay for it
+
     if rate != SILK_RATE:
         pcm = resample(pcm, rate, SILK_RATE)
     output = io.BytesIO()
@@ -95,6 +98,8 @@ def pcm_to_silk(pcm: bytes, rate: int = PCM_RATE) -> bytes:
 
 def resample(pcm: bytes, rate: int, to: int) -> bytes:
     """16-bit mono PCM from `rate` to `to` samples per second (PyAV's resampler)."""
+    import av  # loaded on first use: a bot that never handles a voice does not pay for it
+
     if rate == to:
         return pcm
     frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
@@ -128,6 +133,8 @@ MP3_BIT_RATE = 48_000
 
 def pcm_to_mp3(pcm: bytes, rate: int = PCM_RATE) -> bytes:
     """16-bit mono PCM at `rate` as an MP3 file (libmp3lame through PyAV): for browsers and the HTTP API."""
+    import av  # loaded on first use: a bot that never handles a voice does not pay for it
+
     pcm = resample(pcm, rate, MP3_RATE)
     output = io.BytesIO()
     with av.open(output, mode="w", format="mp3") as container:

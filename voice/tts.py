@@ -8,8 +8,6 @@ import math
 from typing import Protocol
 
 import aiohttp
-import edge_tts
-from edge_tts import exceptions as edge_errors
 from loguru import logger
 
 from core.config import OpenAISettings, VoiceSettings
@@ -103,6 +101,8 @@ class EdgeSpeaker:
         return list(voices.EDGE_VOICES)
 
     async def synthesize(self, text: str, voice: str) -> bytes:
+        import edge_tts  # loaded on first use (about 20 MB): most bots never speak
+
         timeout = self._voice.tts_timeout
         try:
             communicate = edge_tts.Communicate(
@@ -138,6 +138,8 @@ def edge_rate(speed: float) -> str:
 
 
 def _edge_error(exc: BaseException) -> VoiceError:
+    from edge_tts import exceptions as edge_errors
+
     if isinstance(exc, edge_errors.NoAudioReceived):
         return VoiceError("empty", "Edge TTS sent no audio (is the voice name right?)")
     if isinstance(exc, aiohttp.ClientResponseError):

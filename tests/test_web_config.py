@@ -275,6 +275,14 @@ async def test_checkboxes_lists_and_tables_are_written_as_toml(commented: Consol
     _, page = await commented.get("/config/presets")
     status, page = await commented.post("/config/presets", form_of(page, presets__keywords="no equals sign"))
     assert status == 400 and "名称 = 值" in error_for(page, "presets.keywords")
+    # a table whose values may be lists: who may use each tool
+    _, page = await commented.get("/config/tools")
+    allowed = 'web_search = ["123", "456"]\nweb_fetch = admins'
+    status, page = await commented.post("/config/tools", form_of(page, tools__allowed=allowed))
+    assert status == 200, page
+    assert commented.app.settings.tools.allowed == {"web_search": ["123", "456"], "web_fetch": "admins"}
+    _, page = await commented.get("/config/tools")
+    assert "web_search = [&#34;123&#34;, &#34;456&#34;]" in page or 'web_search = ["123", "456"]' in page
 
 
 async def test_a_form_from_before_another_save_is_refused(commented: ConsoleClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import types
@@ -354,7 +355,10 @@ def _as_text(kind: Kind, value: Any) -> str:
     if kind in ("lines", "ids"):
         return "\n".join(str(item) for item in value) if isinstance(value, list | tuple) else str(value)
     if kind == "pairs" and isinstance(value, Mapping):
-        return "\n".join(f"{k} = {v}" for k, v in value.items())
+        # a list value (the groups of a tool's `allowed`) as the TOML array it is written as
+        return "\n".join(
+            f"{k} = {json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v}" for k, v in value.items()
+        )
     return str(value)
 
 
@@ -489,8 +493,24 @@ def _pairs(text: str) -> tomlkit.items.InlineTable:
         name, equals, value = line.partition("=")
         if not equals or not name.strip():
             raise ValueError("每行写成 名称 = 值 (write one `name = value` a line)")
-        table[name.strip().strip("\"'")] = value.strip().strip("\"'")
+        value = value.strip()
+        table[name.strip().strip("\"'")] = _pair_list(value) if value.startswith("[") else value.strip("\"'")
     return table
+
+
+def _pair_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list) else str(value)
+
+
+def _pair_list(text: str) -> tomlkit.items.Array:
+    """A value typed as a TOML array (`["123", "456"]`); ValueError says how to write one."""
+    try:
+        items = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ValueError('列表写成 ["123", "456"] (write a list as ["123", "456"])') from None
+    array = tomlkit.array()
+    array.extend(str(item) for item in items)
+    return array
 
 
 def _string(text: str, old: Any) -> tomlkit.items.String:

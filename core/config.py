@@ -373,7 +373,13 @@ class VoiceSettings(Section):
         return bool(self.tts_engine)
 
 
-ToolAccess = Literal["everyone", "admins"] | list[str]  # or the group ids where everyone may use it
+def _group_ids(value: Any) -> Any:
+    """Group ids written as numbers or strings, as strings."""
+    return [str(item) for item in value] if isinstance(value, list) else value
+
+
+# who may use a tool: everyone, the managers, or everyone in the listed groups
+ToolAccess = Literal["everyone", "admins"] | Annotated[list[str], BeforeValidator(_group_ids)]
 
 
 class ToolSettings(Section):
@@ -878,10 +884,15 @@ def _failing_section(doc: Any) -> tuple[Any, ...]:
     return ()
 
 
+_UNION_BRANCH = re.compile(r"^(literal|list|tuple|dict|set|function-(before|after|wrap|plain))\[")
+
+
 def _invalid(exc: ValidationError, prefix: tuple[Any, ...], arrays: set[str], lines: LineIndex) -> ConfigError:
     """The first problem pydantic found, as one line naming the key and its line."""
     err = exc.errors()[0]
-    loc = _display_loc((*prefix, *err["loc"]), arrays)
+    # pydantic names the branch of a union it tried ("literal['a','b']", "list[str]"): not a key
+    keys = tuple(part for part in err["loc"] if not (isinstance(part, str) and _UNION_BRANCH.match(part)))
+    loc = _display_loc((*prefix, *keys), arrays)
     return ConfigError(_dotted(loc), _problem(err["type"], err["msg"], err.get("ctx") or {}), lines.find(loc))
 
 

@@ -12,8 +12,11 @@ import pytest
 
 from bot import App
 from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, mirai_url, start_bot
+from tests.console_client import ConsoleClient, console
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
 from tests.fakes.openai_server import FakeCall, FakeOpenAI, FakeToolCalls, last_tool_results, replies_in_order
+
+__all__ = ["console"]
 
 MANAGER = 20099
 USER = 20001
@@ -194,3 +197,15 @@ async def test_an_mcp_servers_tool_is_called_through_the_bot(chat: Callable[...,
 def _mcp_table(server: dict[str, Any]) -> str:
     args = ", ".join(json.dumps(arg) for arg in server["args"])
     return f'\n[[mcp.servers]]\nname = "{server["name"]}"\ncommand = {json.dumps(server["command"])}\nargs = [{args}]\n'
+
+
+async def test_the_dashboard_shows_tools_and_mcp_servers(console: Callable[..., Any]) -> None:
+    good = {"name": "clock", "command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
+    broken = {"name": "gone", "command": "no-such-mcp-command-here"}
+    client: ConsoleClient = await console({"tools": {"enable": True}, "mcp": {"servers": [good, broken]}})
+    await eventually(lambda: len(client.app.manager.toolbox.all()) == 4, timeout=30)  # time, fetch + clock's two
+    _, live = await client.get("/dashboard/live")
+    clock = live.split('data-mcp="clock"', 1)[1].split("</tr>", 1)[0]
+    gone = live.split('data-mcp="gone"', 1)[1].split("</tr>", 1)[0]
+    assert "4 个可用" in live and "正常 up" in clock and "<td>2</td>" in clock
+    assert "未连接 down" in gone or "启动中 starting" in gone

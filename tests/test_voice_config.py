@@ -94,3 +94,11 @@ def test_v2_ping_placeholders_name_the_voice() -> None:
         ACCOUNTS + '[response]\nping_response = "当前AI：{current_ai} / 当前语音：{current_voice}"\n'
     )
     assert settings.response.ping_response == "当前AI：{account} / 当前语音：{voice}"
+
+
+def test_tool_access_takes_group_numbers_or_strings() -> None:
+    settings = loads_config(ACCOUNTS + '[tools]\nallowed = { web_fetch = [123, "456"], time = "admins" }\n')
+    assert settings.tools.allowed == {"web_fetch": ["123", "456"], "time": "admins"}
+    with pytest.raises(ConfigError) as caught:
+        loads_config(ACCOUNTS + '[tools]\ndefault_access = "nobody"\n')
+    assert caught.value.key == "tools.default_access"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from conversation.tools import ToolBox
     from web.console.app import Console
 
 ORDER = 10
@@ -38,7 +39,15 @@ def _facts(console: Console) -> dict[str, Any]:
         # for the chart (web/static/dashboard.js): [hour starts], [ok answers], [failed answers]
         "chart": json.dumps([[h for h, _, _ in hours], [ok for _, ok, _ in hours], [f for _, _, f in hours]]),
         "voice": _voice_rows(bot.manager.voice.health()),
+        "tools": _tool_facts(bot.manager.toolbox),
     }
+
+
+def _tool_facts(toolbox: ToolBox) -> dict[str, Any] | None:
+    """How many tools the model has now, and each MCP server's state; None while tools are off."""
+    if not toolbox.enabled:
+        return None
+    return {"count": len(toolbox.all()), "servers": toolbox.mcp.status() if toolbox.mcp is not None else []}
 
 
 VOICE_TITLES = {"stt": "语音识别 STT", "tts": "语音合成 TTS"}

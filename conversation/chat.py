@@ -21,7 +21,7 @@ from core.config import Settings
 from core.errors import LLMError, StorageError
 from core.event import MessageEvent
 from core.message import Image, Quote, describe
-from core.metrics import OK
+from core.metrics import OK, Metrics
 from core.tokens import Calibration, estimate_tokens
 from llm.base import ChatModel, ChatTurn, DeltaSink, LLMReply, ReplyStopped
 from llm.images import ImageFetcher
@@ -49,6 +49,7 @@ class ChatFlow:
         words: WordFilter,
         tools: ToolBox | None = None,
         admin: AdminStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -60,6 +61,7 @@ class ChatFlow:
         self.words = words
         self.tools = tools
         self.admin = admin
+        self.metrics = metrics
         self.log = logger.bind(adapter="chat")
         # real tokens per estimated token, per model, learnt from the servers' reported usage
         self.calibration = Calibration()
@@ -292,7 +294,7 @@ class ChatFlow:
         async def notify(text: str) -> None:
             await self.replier.send(job.event, text, True)
 
-        return ToolRun(allowed, job.event, self.admin, self.settings, notify)
+        return ToolRun(allowed, job.event, self.admin, self.settings, notify, self.metrics)
 
     async def _complete(
         self,

@@ -89,7 +89,7 @@ class ConversationManager:
         self.presets = presets
         self.admin = admin
         self.images = images or ImageFetcher()
-        self.voice = VoiceService(settings, self.images)
+        self.voice = VoiceService(settings, self.images, self.metrics)
         self.toolbox = ToolBox(settings)  # App.start() hands it the MCP servers
         self._reload = reload or self._no_reload
         self._adapters: dict[str, Adapter] = {}
@@ -151,6 +151,7 @@ class ConversationManager:
             self.words,
             self.toolbox,
             self.admin,
+            self.metrics,
         )
         self.replier.apply(settings)
         # 0 (the default): no global cap; the accounts' own `max_concurrency` slots are the real limit

@@ -13,6 +13,7 @@ from loguru import logger
 from core.config import Settings, ToolAccess
 from core.errors import StorageError
 from core.event import MessageEvent
+from core.metrics import OK, Metrics
 from llm.base import ChatTurn, ToolCall
 from storage.admin import TOOL, AdminStore, member_target
 from storage.base import StoredTool, StoredTurn
@@ -83,8 +84,10 @@ class ToolRun:
         admin: AdminStore,
         settings: Settings,
         notify: Callable[[str], Awaitable[None]],
+        metrics: Metrics | None = None,
     ) -> None:
         self.tools = {tool.spec.name: tool for tool in tools}
+        self.metrics = metrics or Metrics()
         self.event = event
         self.admin = admin
         self.settings = settings
@@ -122,19 +125,25 @@ class ToolRun:
         return turns
 
     async def _one(self, call: ToolCall, allowed: bool) -> str:
+        result, outcome = await self._outcome(call, allowed)
+        self.metrics.tool_call(call.name if call.name in self.tools else "(unknown)", outcome)
+        return result
+
+    async def _outcome(self, call: ToolCall, allowed: bool) -> tuple[str, str]:
+        """The result the model gets, and how the call went (for /metrics)."""
         tool = self.tools.get(call.name)
         if tool is None:  # a name the model made up, or a tool the sender may not use
-            return f"没有名为 {call.name} 的工具可用。"
+            return f"没有名为 {call.name} 的工具可用。", "refused"
         if not allowed:
-            return f"本次回答的工具调用次数已达上限（{self.settings.tools.max_steps} 次）。"
+            return f"本次回答的工具调用次数已达上限（{self.settings.tools.max_steps} 次）。", "refused"
         try:
             arguments = json.loads(call.arguments or "{}")
         except ValueError:
-            return "参数不是合法的 JSON，请重新调用。"
+            return "参数不是合法的 JSON，请重新调用。", "bad_arguments"
         if not isinstance(arguments, dict):
-            return "参数应为 JSON 对象，请重新调用。"
+            return "参数应为 JSON 对象，请重新调用。", "bad_arguments"
         if not await self._within_limit():
-            return self.settings.ratelimit.tool_exceed
+            return self.settings.ratelimit.tool_exceed, "rate_limited"
         started = time.monotonic()
         log.debug("tool {} called with {}", call.name, call.arguments[:ARGUMENTS_LOGGED])
         try:
@@ -142,16 +151,16 @@ class ToolRun:
                 result = await tool.call(arguments)
         except TimeoutError:
             log.warning("tool {} gave no result within {:g} s", call.name, self.settings.tools.timeout)
-            return f"工具 {call.name} 超时，没有结果。"
+            return f"工具 {call.name} 超时，没有结果。", "timeout"
         except ToolError as exc:
             log.info("tool {} failed: {}", call.name, exc)
-            return f"工具出错：{exc}"
+            return f"工具出错：{exc}", "error"
         except Exception:
             log.exception("tool {} failed unexpectedly", call.name)
-            return "工具出错了。"
+            return "工具出错了。", "error"
         result = result[:RESULT_CHARS]
         log.debug("tool {} answered in {:.2f} s: {}", call.name, time.monotonic() - started, result[:ARGUMENTS_LOGGED])
-        return result
+        return result, OK
 
     async def _within_limit(self) -> bool:
         """Count one call against the sender's tool limits ([ratelimit], `.设置 … 工具额度`), if any is set."""

@@ -83,6 +83,8 @@ class Metrics:
         self._answers: Counter[tuple[str, ...]] = Counter()
         self._model_errors: Counter[tuple[str, ...]] = Counter()
         self._tokens: Counter[tuple[str, ...]] = Counter()
+        self._tools: Counter[tuple[str, ...]] = Counter()
+        self._voice: Counter[tuple[str, ...]] = Counter()
         self._model: dict[str, _Histogram] = {}
         self._db = _Histogram(DB_BUCKETS)
         self._accounts: dict[str, _Account] = {}
@@ -140,6 +142,14 @@ class Metrics:
         if completion_tokens:
             self._tokens[account, "completion"] += completion_tokens
 
+    def tool_call(self, tool: str, outcome: str) -> None:
+        """A tool the model called: "ok", or why not (error, timeout, refused, rate_limited, bad_arguments)."""
+        self._tools[tool, outcome] += 1
+
+    def voice_call(self, kind: str, outcome: str) -> None:
+        """A transcription ("stt") or a synthesis ("tts"): "ok" or its failure kind."""
+        self._voice[kind, outcome] += 1
+
     def database_write(self, seconds: float) -> None:
         self._db.observe(seconds)
 
@@ -184,6 +194,10 @@ class Metrics:
         yield counter("answers", "Answers to chat messages by outcome", ["outcome"], self._answers)
         yield counter("model_errors", "Failed model requests", ["account", "kind"], self._model_errors)
         yield counter("model_tokens", "Tokens reported by the model server", ["account", "kind"], self._tokens)
+        yield counter("tool_calls", "Tool calls the model made, by outcome", ["tool", "outcome"], self._tools)
+        yield counter(
+            "voice_calls", "Transcriptions (stt) and syntheses (tts) by outcome", ["kind", "outcome"], self._voice
+        )
         model = HistogramMetricFamily(f"{PREFIX}_model_request_seconds", "Model request time", labels=["account"])
         for account, histogram in sorted(self._model.items()):
             model.add_metric([account], histogram.cumulative(), histogram.total)

@@ -16,6 +16,7 @@ from loguru import logger
 
 from core.config import Settings
 from core.message import Voice
+from core.metrics import OK, Metrics
 from llm.images import ImageFetcher, host_of
 from voice import codec, voices
 from voice.errors import VoiceError
@@ -57,8 +58,9 @@ class VoiceService:
     """Transcribes voice messages (`[voice] stt_*`) and speaks answers (`tts_*`); at most
     MAX_CONCURRENT calls of each kind at once. Every public call raises only VoiceError."""
 
-    def __init__(self, settings: Settings, fetcher: ImageFetcher) -> None:
+    def __init__(self, settings: Settings, fetcher: ImageFetcher, metrics: Metrics | None = None) -> None:
         self._fetcher = fetcher
+        self._metrics = metrics or Metrics()
         self._stt_slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._tts_slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._stt_stats = CallStats()
@@ -104,7 +106,7 @@ class VoiceService:
         transcriber = self._transcriber
         if transcriber is None:
             raise VoiceError("disabled", "[voice] stt_model is not set")
-        async with self._call(self._stt_stats, "transcription"), self._stt_slots:
+        async with self._call(self._stt_stats, "stt"), self._stt_slots:
             audio = await self._audio_of(voice)
             return await transcriber.transcribe(audio)
 
@@ -145,7 +147,7 @@ class VoiceService:
         spoken = speakable(text)
         if not spoken:
             raise VoiceError("empty", "nothing in the answer can be read aloud")
-        async with self._call(self._tts_stats, "speech"), self._tts_slots:
+        async with self._call(self._tts_stats, "tts"), self._tts_slots:
             audio = await speaker.synthesize(spoken, voice or self.default_voice)
             encoded, length = await asyncio.to_thread(_encode, audio, fmt)
         return Voice(base64=base64.b64encode(encoded).decode("ascii"), length=length)
@@ -195,20 +197,27 @@ class VoiceService:
 
     @asynccontextmanager
     async def _call(self, stats: CallStats, what: str) -> AsyncIterator[None]:
-        """Count a call, and turn any surprise inside it into a VoiceError (never deaf)."""
+        """Count a call (`what` is "stt" or "tts"), and turn any surprise inside it into a VoiceError (never deaf)."""
         started = time.monotonic()
         try:
             yield
         except VoiceError as exc:
-            stats.record(started, exc)
-            log.warning("{} failed: {} {}", what, exc.kind, exc.detail)
+            self._count(stats, started, exc, what)
+            log.warning("{} failed: {} {}", _NAMES[what], exc.kind, exc.detail)
             raise
         except Exception as exc:  # a bug or a library surprise: still the one documented exception
             error = VoiceError("server", f"unexpected {type(exc).__name__}")
-            stats.record(started, error)
-            log.opt(exception=exc).error("{} failed unexpectedly", what)
+            self._count(stats, started, error, what)
+            log.opt(exception=exc).error("{} failed unexpectedly", _NAMES[what])
             raise error from None
-        stats.record(started, None)
+        self._count(stats, started, None, what)
+
+    def _count(self, stats: CallStats, started: float, error: VoiceError | None, what: str) -> None:
+        stats.record(started, error)
+        self._metrics.voice_call(what, OK if error is None else error.kind)
+
+
+_NAMES = {"stt": "transcription", "tts": "speech"}
 
 
 def _encode(audio: bytes, fmt: str) -> tuple[bytes, int]:

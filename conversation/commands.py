@@ -13,13 +13,13 @@ from conversation.job import Handler, Job, failure_text
 from conversation.presets import PresetBook
 from conversation.sessions import SessionSettings
 from conversation.tools import ToolBox
-from conversation.voice import OFF_WORDS, VOICE_OFF, speech_for
+from conversation.voice import OFF_WORDS, speech_for
 from core.config import Settings, load_config
 from core.errors import ConfigError, LLMError
 from core.message import Image, Message
 from llm.base import ChatModel
 from storage.admin import DRAW
-from storage.base import HistoryStore
+from storage.base import VOICE_OFF, HistoryStore
 from voice.service import VoiceService
 
 

@@ -35,7 +35,7 @@ from core.metrics import Metrics
 from core.tasks import TaskSet
 from llm.base import ChatModel
 from llm.images import ImageFetcher
-from storage.admin import DRAW, AdminStore, member_target
+from storage.admin import DRAW, AdminStore
 from storage.base import HistoryStore
 from storage.seen import MemorySeenEvents, SeenEvents, seen_key
 from voice.errors import VoiceError
@@ -310,20 +310,14 @@ class ConversationManager:
     async def _within_limit(self, event: MessageEvent, ctx: Context, quota: str) -> bool:
         """Whether the sender is within the hourly limits of `quota` ("" messages, DRAW pictures),
         counting this use; when not, they are told (`exceed` / `draw_exceed`) and False returned."""
-        if event.is_group:
-            keys = [(quota + "group", event.group_id), (quota + "member", member_target(event.group_id, event.user_id))]
-        else:
-            keys = [(quota + "user", event.user_id)]
         try:
-            limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
-            if limited:
-                # checked and counted in one step: a burst from one sender cannot slip past the limit
-                ctx.rate = await self.admin.take(limited)
-                if not ctx.rate.allowed:
-                    ratelimit = self.settings.ratelimit
-                    self._say(event, ctx, ratelimit.draw_exceed if quota == DRAW else ratelimit.exceed, "rate-limited")
-                    self.metrics.answer("rate_limited")
-                    return False
+            # checked and counted in one step: a burst from one sender cannot slip past the limit
+            ctx.rate = await self.admin.take_for_sender(quota, event.user_id, event.group_id if event.is_group else "")
+            if ctx.rate is not None and not ctx.rate.allowed:
+                ratelimit = self.settings.ratelimit
+                self._say(event, ctx, ratelimit.draw_exceed if quota == DRAW else ratelimit.exceed, "rate-limited")
+                self.metrics.answer("rate_limited")
+                return False
         except StorageError:
             # The store logged the detail; the user learns something went wrong, briefly.
             self._say(event, ctx, failure_text(self.settings.response.error_format, "storage"), "storage-failed")

@@ -85,7 +85,8 @@ class Replier:
 
     async def speak(self, event: MessageEvent, text: str, voice: str, quote: bool) -> bool:
         """`text` as a voice message in `voice` where `event` came from; False (said in one log line)
-        when it could not be: the platform has no voice messages, synthesis failed, or sending did."""
+        when it could not be: the platform has no voice messages, synthesis failed, or sending did
+        (sending logs its own line)."""
         adapter = self.adapters.get(event.adapter)
         if adapter is None or self.voice is None or not text.strip():
             return False
@@ -100,14 +101,7 @@ class Replier:
         except VoiceError as exc:
             self.log.warning("the answer to {} could not be spoken ({}); it is text only", target.describe(), exc)
             return False
-        quoted = event.message_id if quote and event.is_group and self.settings.response.quote else None
-        try:
-            await adapter.send(target, message, quote=quoted)
-        except BotError as exc:
-            self.log.warning("the voice answer to {} could not be sent ({}); it is text only", target.describe(), exc)
-            return False
-        self.metrics.message_out(adapter.instance)
-        return True
+        return await self._send_one(adapter, target, message, self._quote_for(event, quote))
 
     async def send(self, event: MessageEvent, content: str | Message, quote: bool = True) -> None:
         """Send text (split to the platform's size) or a message where `event` came from.
@@ -123,11 +117,18 @@ class Replier:
             if isinstance(content, str)
             else [content]
         )
-        quoted = quote and event.is_group and self.settings.response.quote and event.message_id
+        quoted = self._quote_for(event, quote)
         for message in messages:
-            if not await self._send_one(adapter, event.target, message, event.message_id if quoted else None):
+            if not await self._send_one(adapter, event.target, message, quoted):
                 return
-            quoted = False
+            quoted = None
+
+    def _quote_for(self, event: MessageEvent, quote: bool) -> str | None:
+        """The id of the user's message to quote, when `quote` is asked and quoting applies (groups with
+        `[response] quote`)."""
+        return (
+            event.message_id if quote and event.is_group and self.settings.response.quote and event.message_id else None
+        )
 
     async def _send_one(self, adapter: Adapter, target: Target, message: Message, quote: str | None) -> bool:
         """One message; when the platform swallowed it in every form it knows, once more as a picture."""

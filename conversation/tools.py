@@ -15,7 +15,7 @@ from core.errors import StorageError
 from core.event import MessageEvent
 from core.metrics import OK, Metrics
 from llm.base import ChatTurn, ToolCall
-from storage.admin import TOOL, AdminStore, member_target
+from storage.admin import TOOL, AdminStore
 from storage.base import StoredTool, StoredTurn
 from tools.base import Tool, ToolError
 
@@ -163,19 +163,15 @@ class ToolRun:
         return result, OK
 
     async def _within_limit(self) -> bool:
-        """Count one call against the sender's tool limits ([ratelimit], `.设置 … 工具额度`), if any is set."""
+        """Count one call against the sender's tool limits (`.设置 … 工具额度`), if any is set."""
         event = self.event
-        if event.is_group:
-            keys = [(TOOL + "group", event.group_id), (TOOL + "member", member_target(event.group_id, event.user_id))]
-        else:
-            keys = [(TOOL + "user", event.user_id)]
         try:
-            limited = [key for key in keys if await self.admin.limit_for(*key) is not None]
-            if limited and not (await self.admin.take(limited)).allowed:
-                self.exhausted = True
-                return False
+            check = await self.admin.take_for_sender(TOOL, event.user_id, event.group_id if event.is_group else "")
         except StorageError:
             return False  # the store logged it; no uncounted tool calls meanwhile
+        if check is not None and not check.allowed:
+            self.exhausted = True
+            return False
         return True
 
     async def _notify_progress(self, calls: Sequence[ToolCall]) -> None:

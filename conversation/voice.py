@@ -9,8 +9,6 @@ from core.event import ChatType, MessageEvent
 from core.message import Text, Voice
 from storage.base import VOICE_OFF, SessionState
 
-__all__ = ["OFF_WORDS", "SPOKEN_MARK", "VOICE_OFF", "Speech", "as_text", "speech_for", "spoken", "worth_transcribing"]
-
 OFF_WORDS = frozenset({"关闭", "关", "none", "off"})  # v2 accepted 关闭 and None
 SPOKEN_MARK = "[语音] "  # how a transcript is stored and sent as the user's turn
 

@@ -398,6 +398,17 @@ class AdminStore:
         scope, target = checked[0] if checked else ("", "")
         return [], RateCheck(True, scope, target, 0, None)
 
+    async def take_for_sender(self, prefix: str, user_id: str, group_id: str = "") -> RateCheck | None:
+        """`take` for one sender against the limits of `prefix` ("" messages, DRAW pictures, TOOL tool
+        calls): in a group (`group_id`) the group's and the member's, else the user's. None when no
+        limit applies: then nothing is counted and no database work is done. Raises StorageError."""
+        if group_id:
+            keys = [(prefix + "group", group_id), (prefix + "member", member_target(group_id, user_id))]
+        else:
+            keys = [(prefix + "user", user_id)]
+        limited = [key for key in keys if await self.limit_for(*key) is not None]
+        return await self.take(limited) if limited else None
+
     async def take(self, keys: Iterable[tuple[str, str]], now: float | None = None) -> RateCheck:
         """`check`, and when allowed `record`, as one step: two messages of one sender can never both
         take the last one of a limit. Atomic within this process, and across processes: SQLite's write

@@ -14,6 +14,7 @@ import pytest
 import tomlkit
 from hypothesis import settings
 from loguru import logger
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -21,6 +22,8 @@ if str(ROOT) not in sys.path:
 
 from bot import App  # noqa: E402
 from core.config import load_config  # noqa: E402
+from core.metrics import PREFIX  # noqa: E402
+from tests.fakes.image_server import FakeImageServer  # noqa: E402
 from tests.fakes.mirai_peer import FakeMirai  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
@@ -74,6 +77,15 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[FakeOpenAI]:
     server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def media() -> AsyncIterator[FakeImageServer]:
+    """A local file server for pictures and voices the platforms "store" (`put`, `/files/<name>`)."""
+    server = FakeImageServer()
     await server.start()
     yield server
     await server.stop()
@@ -166,3 +178,14 @@ async def bot(write_config: Callable[..., Path]) -> AsyncIterator[RunningBot]:
     yield RunningBot(app, mirai)
     await mirai.close()
     await app.stop()
+
+
+def metric_samples(app: App, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The `/metrics` samples of counter `name`, by their sorted labels (parsed by prometheus-client)."""
+    text = app.metrics.exposition().decode()
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{PREFIX}_{name}_total"
+    }

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bot import App
-from core.metrics import PREFIX
-from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, mirai_url, start_bot
+from tests.conftest import BOT_QQ, VERIFY_KEY, eventually, metric_samples, mirai_url, start_bot
 from tests.console_client import ConsoleClient, console
 from tests.fakes.mirai_peer import FakeMirai, friend_message, group_message, sent_text
 from tests.fakes.openai_server import FakeCall, FakeOpenAI, FakeToolCalls, last_tool_results, replies_in_order
@@ -62,17 +60,6 @@ async def chat(write_config: Callable[..., Path]) -> AsyncIterator[Callable[...,
         await found.app.stop()
 
 
-def samples(app: App, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """The `/metrics` samples of counter `name`, by their sorted labels (parsed by prometheus-client)."""
-    text = app.metrics.exposition().decode()
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == f"{PREFIX}_{name}_total"
-    }
-
-
 def offered(body: dict[str, Any]) -> list[str]:
     return [tool["function"]["name"] for tool in body.get("tools", [])]
 
@@ -87,7 +74,7 @@ async def test_the_model_calls_a_tool_and_answers_with_its_result(
     bot: Chat = await chat(stream=stream)
     replies = await bot.say("几点了？")
     assert "现在是下午。" in "".join(replies)
-    assert samples(bot.app, "tool_calls") == {(("outcome", "ok"), ("tool", "current_time")): 1.0}
+    assert metric_samples(bot.app, "tool_calls") == {(("outcome", "ok"), ("tool", "current_time")): 1.0}
     first, second = (request["body"] for request in fake_llm.requests)
     assert "current_time" in offered(first) and "web_fetch" in offered(first)
     [result] = last_tool_results(second)
@@ -126,7 +113,7 @@ async def test_a_member_cannot_use_an_admin_only_tool_even_when_the_model_asks(
     assert "current_time" not in offered(first) and "web_fetch" in offered(first)
     [result] = last_tool_results(second)
     assert result["content"] == "没有名为 current_time 的工具可用。"
-    assert samples(bot.app, "tool_calls") == {(("outcome", "refused"), ("tool", "(unknown)")): 1.0}
+    assert metric_samples(bot.app, "tool_calls") == {(("outcome", "refused"), ("tool", "(unknown)")): 1.0}
     # the manager may; 工具列表 shows each sender their own tools
     member_list = (await bot.say("工具列表", group=GROUP))[0]
     manager_list = (await bot.say("工具列表", user=MANAGER, group=GROUP))[0]

@@ -364,14 +364,6 @@ STARTERS = {
 
 
 @pytest.fixture
-async def media() -> AsyncIterator[FakeImageServer]:
-    server = FakeImageServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def start(write_config: Writer, media: FakeImageServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Start]:
     """`await start(protocol, config_tables)`: a bot on that protocol's fake; all are stopped at the end."""
     monkeypatch.setattr(qqbot_adapter, "SHARD_STAGGER", 0.2)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loguru import logger
 
 from core.config import ToolSettings
 from tests.conftest import free_port
@@ -375,14 +374,6 @@ async def search_server() -> AsyncIterator[FakeSearch]:
     await server.stop()
 
 
-@pytest.fixture
-def captured_logs() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
-    yield lines
-    logger.remove(sink)
-
-
 def searcher(provider: str, server: FakeSearch, **overrides: Any) -> WebSearch:
     options: dict[str, Any] = {"api_key": KEY, "search_url": server.base_url, "max_results": 5, "timeout": 5.0}
     options.update(overrides)
@@ -399,7 +390,7 @@ EXPECTED_REQUEST = {
 
 
 @pytest.mark.parametrize("provider", sorted(EXPECTED_REQUEST))
-async def test_search_each_provider(search_server: FakeSearch, provider: str, captured_logs: list[str]) -> None:
+async def test_search_each_provider(search_server: FakeSearch, provider: str, log_lines: list[str]) -> None:
     tool = searcher(provider, search_server)
     text = await tool.call({"query": "  今天的新闻 ", "count": 3})
     blocks = text.split("\n\n")
@@ -424,7 +415,7 @@ async def test_search_each_provider(search_server: FakeSearch, provider: str, ca
     else:
         assert request.body == {"query": "今天的新闻", "count": 3, "summary": True}
     assert tool.spec.name == "web_search" and tool.spec.progress == "正在搜索…"
-    assert not any(KEY in line for line in captured_logs)
+    assert not any(KEY in line for line in log_lines)
 
 
 @pytest.mark.parametrize("provider", sorted(EXPECTED_REQUEST))
@@ -437,14 +428,12 @@ async def test_search_count_is_capped(search_server: FakeSearch, provider: str, 
 
 @pytest.mark.parametrize("provider", sorted(EXPECTED_REQUEST))
 @pytest.mark.parametrize("status", [401, 403, 429, 500, 503])
-async def test_search_http_errors(
-    search_server: FakeSearch, provider: str, status: int, captured_logs: list[str]
-) -> None:
+async def test_search_http_errors(search_server: FakeSearch, provider: str, status: int, log_lines: list[str]) -> None:
     search_server.status = status
     with pytest.raises(ToolError, match=f"HTTP {status}") as caught:
         await searcher(provider, search_server).call({"query": "q"})
     assert KEY not in str(caught.value)
-    assert not any(KEY in line for line in captured_logs)
+    assert not any(KEY in line for line in log_lines)
 
 
 @pytest.mark.parametrize("body", [b"<html>not json</html>", b"", b"[" * 100_000])
@@ -475,11 +464,11 @@ async def test_search_timeout(search_server: FakeSearch) -> None:
         await searcher("bing", search_server, timeout=0.5).call({"query": "q"})
 
 
-async def test_search_unreachable(captured_logs: list[str]) -> None:
+async def test_search_unreachable(log_lines: list[str]) -> None:
     tool = WebSearch("tavily", api_key=KEY, search_url=f"http://127.0.0.1:{free_port()}", max_results=5, timeout=5)
     with pytest.raises(ToolError, match="无法连接"):
         await tool.call({"query": "q"})
-    assert not any(KEY in line for line in captured_logs)
+    assert not any(KEY in line for line in log_lines)
 
 
 async def test_search_url_may_be_the_full_endpoint(search_server: FakeSearch) -> None:
@@ -509,7 +498,7 @@ def names(settings: ToolSettings) -> list[str]:
     return [tool.spec.name for tool in builtin_tools(settings)]
 
 
-def test_builtin_tools_honour_each_switch(captured_logs: list[str]) -> None:
+def test_builtin_tools_honour_each_switch(log_lines: list[str]) -> None:
     assert names(ToolSettings()) == ["current_time", "web_fetch"]
     assert names(ToolSettings(time=False, fetch=False)) == []
     assert names(ToolSettings(search="searxng", search_url="http://127.0.0.1:8888")) == [
@@ -519,8 +508,8 @@ def test_builtin_tools_honour_each_switch(captured_logs: list[str]) -> None:
     ]
     assert names(ToolSettings(fetch=False, search="bocha", search_api_key=KEY)) == ["current_time", "web_search"]
     assert names(ToolSettings(search="tavily")) == ["current_time", "web_fetch"]  # no key: left out, with a warning
-    assert any("web_search (tavily) is off" in line for line in captured_logs)
-    assert not any(KEY in line for line in captured_logs)
+    assert any("web_search (tavily) is off" in line for line in log_lines)
+    assert not any(KEY in line for line in log_lines)
 
 
 def test_builtin_tools_carry_the_settings() -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from core.message import Voice
+from tests.conftest import metric_samples
 from tests.console_client import ConsoleClient, console
 from tests.fakes.openai_server import FakeOpenAI, speech_seconds
-from tests.test_e2e_tools import samples
 from tests.test_web_chat import events, say
 from tests.test_web_console import no_secret_in
 from voice.codec import PCM_RATE, pcm_to_silk, seconds, sniff, to_pcm
@@ -69,7 +69,7 @@ async def test_the_dashboard_and_status_show_voice_health(console: Callable[...,
     text = next(data["text"] for kind, data in answer if kind == "message")
     assert "语音识别：whisper-1，上次失败：server（成功 1 次，失败 1 次）" in text
     assert "语音合成：openai，尚未使用" in text
-    assert samples(client.app, "voice_calls") == {
+    assert metric_samples(client.app, "voice_calls") == {
         (("kind", "stt"), ("outcome", "ok")): 1.0,
         (("kind", "stt"), ("outcome", "server")): 1.0,
     }

@@ -108,14 +108,6 @@ async def _download(url: str) -> bytes:
 
 
 @pytest.fixture
-async def media() -> AsyncIterator[FakeImageServer]:
-    server = FakeImageServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def running() -> AsyncIterator[Start]:
     """Start an adapter and wait for its link; every adapter started is stopped at the end."""
     started: list[Adapter] = []

@@ -38,14 +38,6 @@ def settings_for(fake: FakeOpenAI, **voice: object) -> Settings:
 
 
 @pytest.fixture
-async def media() -> AsyncIterator[FakeImageServer]:
-    server = FakeImageServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def service(fake_llm: FakeOpenAI) -> AsyncIterator[VoiceService]:
     fetcher = ImageFetcher(max_bytes=512 * 1024, timeout=2.0)
     voices = VoiceService(settings_for(fake_llm, stt_model="whisper-1", tts_engine="openai"), fetcher)

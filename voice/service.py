@@ -177,23 +177,19 @@ class VoiceService:
     # --- health -------------------------------------------------------------------------------
 
     def health(self) -> dict[str, dict[str, Any]]:
-        """Counters of both directions for the console and /healthz; no detail that could hold a secret."""
+        """Counters of both directions for the console's dashboard; no detail that could hold a secret."""
         speaker = self._speaker
         return {
             "stt": _health(self.stt_enabled, self._voice.stt_model, self._stt_stats),
             "tts": _health(speaker is not None, speaker.engine if speaker else "", self._tts_stats),
         }
 
-    def summary_lines(self) -> list[str]:
-        """The lines `.状态` shows, in Chinese: 语音识别 and 语音合成, each "未启用" when off."""
+    def summary(self) -> str:
+        """What `.状态` shows, in Chinese: a 语音识别 and a 语音合成 line, each "未启用" when off."""
         speaker = self._speaker
         stt = _summary_line(self.stt_enabled, self._voice.stt_model, self._stt_stats)
         tts = _summary_line(speaker is not None, speaker.engine if speaker else "", self._tts_stats)
-        return [f"语音识别：{stt}", f"语音合成：{tts}"]
-
-    def summary(self) -> str:
-        """`summary_lines` as one text."""
-        return "\n".join(self.summary_lines())
+        return f"语音识别：{stt}\n语音合成：{tts}"
 
     @asynccontextmanager
     async def _call(self, stats: CallStats, what: str) -> AsyncIterator[None]:

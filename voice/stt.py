@@ -108,7 +108,6 @@ class Transcriber:
 
     def __init__(self, voice: VoiceSettings, openai: OpenAISettings) -> None:
         self._voice = voice
-        self._openai = openai
         self._client = AudioClient(
             lambda: resolve_connection(voice.stt_api_key, voice.stt_api_endpoint, voice.stt_account, openai),
             voice.stt_timeout,

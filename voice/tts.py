@@ -49,7 +49,6 @@ class OpenAISpeaker:
 
     def __init__(self, voice: VoiceSettings, openai: OpenAISettings) -> None:
         self._voice = voice
-        self._openai = openai
         self.default_voice = voice.tts_voice or voices.OPENAI_DEFAULT
         self._client = AudioClient(
             lambda: resolve_connection(voice.tts_api_key, voice.tts_api_endpoint, voice.tts_account, openai),

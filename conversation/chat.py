@@ -279,6 +279,8 @@ class ChatFlow:
         notes = [response.truncated] if capped else []
         if not saved:
             notes.append(response.not_saved)
+        if run is not None and run.exhausted:  # the sender's tool limit ran out during this answer
+            notes.append(self.settings.ratelimit.tool_exceed)
         await outbox.add(last_parts, final=True, note="\n".join(notes))
         return None
 

@@ -143,7 +143,7 @@ async def test_tool_calls_have_their_own_hourly_limit(chat: Callable[..., Any], 
         FakeToolCalls([FakeCall("current_time", {}, "2")]),
         "答完了。",
     )
-    assert await bot.say("查两次时间") == ["答完了。"]
+    assert await bot.say("查两次时间") == ["答完了。\n\n" + bot.app.settings.ratelimit.tool_exceed]
     second, third = (request["body"] for request in fake_llm.requests[1:3])
     assert "Asia/Shanghai" in last_tool_results(second)[0]["content"]
     assert last_tool_results(third)[0]["content"] == bot.app.settings.ratelimit.tool_exceed

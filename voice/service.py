@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from loguru import logger
 
@@ -27,7 +27,6 @@ from voice.tts import Speaker, make_speaker
 log = logger.bind(adapter="voice")
 
 MAX_CONCURRENT = 4  # STT calls and TTS calls each: a burst of voices must not use up the worker threads
-VoiceFormat = Literal["silk", "mp3"]
 
 
 @dataclass(slots=True)
